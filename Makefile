@@ -1,0 +1,23 @@
+# The two commands the README gives. Both do the whole set-up first (idempotent, cached).
+PORT ?= 8188
+PY := .host/env/venv/bin/python
+COMFY := .host/env/ComfyUI
+BASE := .host/base
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint
+
+setup:
+	bash scripts/setup.sh
+
+# Start the real ComfyUI host with the pack loaded and the demo models in place.
+run: setup
+	$(PY) $(COMFY)/main.py --cpu --listen 127.0.0.1 --port $(PORT) --disable-auto-launch \
+	  --base-directory $(BASE) --database-url sqlite:///$(abspath $(BASE))/user/comfyui.db
+
+# The whole test suite: lint, unit, in-process host, end-to-end through /prompt.
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint:
+	$(PY) -m ruff check .

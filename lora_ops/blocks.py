@@ -1,0 +1,227 @@
+"""Block ids of model weights, and the canonical block-spec grammar.
+
+Block ids are derived from the model's own weight names (ComfyUI's state-dict keys, as
+``comfy.lora.load_lora`` returns them as patch keys), never from a fixed table, so every
+depth of every family gets the right ids:
+
+=====================================================  =====================================
+weight name (after ``diffusion_model.``)               block id
+=====================================================  =====================================
+``input_blocks.N.``                                    ``IN{N:02}`` (UNet: SD1.x, SD2.x, SDXL)
+``middle_block.``                                      ``M00``
+``output_blocks.N.``                                   ``OUT{N:02}``
+``double_blocks.N.`` / ``single_blocks.N.``            ``D{N:02}`` / ``S{N:02}`` (Flux, Chroma,
+                                                       HunyuanVideo)
+``joint_blocks.N.``                                    ``J{N:02}`` (SD3)
+``blocks.N.``, ``transformer_blocks.N.``, ``layers.N`` ``B{N:02}`` (Wan, PixArt, Qwen-Image,
+                                                       LTXV, Lumina2 and other DiTs)
+input embedders (``time_embed``, ``img_in``, ...)      ``IN``
+output layers (``out.``, ``final_layer``, ...)         ``OUT``
+any other model weight                                 ``OTHER``
+text encoder ``<name>.`` (``clip_l``, ``t5xxl``, ...)  ``TE.<name>``
+=====================================================  =====================================
+
+The ids of UNet blocks are those of the A1111 LoRA Block Weight extension (IN00..., M00,
+OUT00...), so values carry over between tools.
+
+Spec grammar (canonical form; order-free, comma separated ``selector=value``):
+
+* ``default=V``: every block not named otherwise (without it, 1).
+* ``ID=V``: one block id, e.g. ``M00=0.5``, ``TE.clip_l=0``.
+* ``A-B=V``: an inclusive range of ids with the same letter prefix, e.g. ``IN04-IN08=0``,
+  ``S20-S37=0``.
+* ``P*=V``: every id starting with ``P``, e.g. ``D*=1``, ``TE*=0``; ``TE=V`` is ``TE*=V``.
+* Values are floats and may be negative. Later, more specific selectors win in this order:
+  default < wildcard < range < exact id, whatever their order in the text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+_UNET = re.compile(r"^(input_blocks|middle_block|output_blocks)\.(\d+)\.")
+_DIT = re.compile(
+    r"^(double_blocks|single_blocks|joint_blocks|blocks|transformer_blocks|layers)\.(\d+)\.")
+_DIT_PREFIX = {"double_blocks": "D", "single_blocks": "S", "joint_blocks": "J",
+               "blocks": "B", "transformer_blocks": "B", "layers": "B"}
+_INPUT_LAYERS = ("time_embed.", "label_emb.", "img_in.", "txt_in.", "time_in.", "vector_in.",
+                 "guidance_in.", "x_embedder.", "context_embedder.", "t_embedder.", "y_embedder.",
+                 "pos_embed", "patch_embedding.", "text_embedding.", "time_embedding.",
+                 "time_projection.", "cap_embedder.", "time_text_embed.", "txt_norm.")
+_OUTPUT_LAYERS = ("out.", "final_layer.", "norm_out.", "proj_out.", "head.")
+
+MODEL_PREFIX = "diffusion_model."
+
+
+def block_of(weight_key: str | tuple) -> str:
+    """The block id of one model or text-encoder weight.
+
+    ``weight_key`` is a ComfyUI state-dict key such as
+    ``"diffusion_model.input_blocks.4.1.proj_in.weight"`` or
+    ``"clip_l.transformer.text_model.encoder.layers.3.mlp.fc1.weight"``, or a patch key tuple
+    ``(key, (dim, start, length))`` (a slice of a fused weight), whose first item is used.
+    Keys outside ``diffusion_model.`` are text-encoder weights: ``TE.<first component>``.
+    """
+    key = weight_key[0] if isinstance(weight_key, tuple) else weight_key
+    if not key.startswith(MODEL_PREFIX):
+        return "TE." + key.split(".", 1)[0]
+    rest = key[len(MODEL_PREFIX):]
+    m = _UNET.match(rest)
+    if m:
+        kind, n = m.group(1), int(m.group(2))
+        return "M00" if kind == "middle_block" else f"{'IN' if kind == 'input_blocks' else 'OUT'}{n:02d}"
+    m = _DIT.match(rest)
+    if m:
+        return f"{_DIT_PREFIX[m.group(1)]}{int(m.group(2)):02d}"
+    if rest.startswith(_INPUT_LAYERS):
+        return "IN"
+    if rest.startswith(_OUTPUT_LAYERS):
+        return "OUT"
+    return "OTHER"
+
+
+_ID_RE = re.compile(r"^([A-Za-z]+)(\d+)$")
+
+
+def sort_key(block_id: str) -> tuple:
+    """Order ids the way a user reads a model: embedders, blocks in depth order, outputs,
+    text encoders last (``IN < IN00 < ... < M00 < OUT00 < ... < OUT < D00 ... < TE.*``)."""
+    if block_id.startswith("TE"):
+        return (9, block_id, 0)
+    m = _ID_RE.match(block_id)
+    family_rank = {"IN": 1, "M": 2, "OUT": 3, "D": 4, "S": 5, "J": 4, "B": 4}
+    if m:
+        return (family_rank.get(m.group(1), 6), m.group(1), int(m.group(2)))
+    return ({"IN": 0, "OUT": 7}.get(block_id, 8), block_id, 0)
+
+
+class BlockSpecError(ValueError):
+    """A block spec that cannot be parsed or names ids this model does not have.
+
+    Attributes: ``token`` (the offending part of the spec) and ``valid_ids`` (the ids the
+    model has, in reading order), so a message can show the user what to write instead.
+    """
+
+    def __init__(self, message: str, token: str, valid_ids: list[str]):
+        self.token = token
+        self.valid_ids = valid_ids
+        shown = ", ".join(valid_ids) if valid_ids else "(none)"
+        super().__init__(f"{message}. Valid block ids for this model: {shown}")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A parsed spec: ``ratios`` maps every given block id to its ratio (float)."""
+
+    ratios: dict[str, float]
+
+    def ratio(self, block_id: str) -> float:
+        return self.ratios.get(block_id, 1.0)
+
+    def canonical(self) -> str:
+        """The applied spec as canonical text: ``default=V`` for the most common ratio, then
+        the exceptions in reading order with consecutive ids merged into ranges."""
+        return canonical_text(self.ratios)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def canonical_text(ratios: dict[str, float]) -> str:
+    """Canonical spec text for a full id -> ratio table (see :meth:`BlockSpec.canonical`)."""
+    if not ratios:
+        return "default=1"
+    counts: dict[float, int] = {}
+    for v in ratios.values():
+        counts[v] = counts.get(v, 0) + 1
+    default = max(counts, key=lambda v: (counts[v], v == 1.0))
+    parts = [f"default={_fmt(default)}"]
+    run: list[str] = []
+
+    def flush():
+        if run:
+            sel = run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}"
+            parts.append(f"{sel}={_fmt(ratios[run[0]])}")
+            run.clear()
+
+    prev = None
+    for bid in sorted(ratios, key=sort_key):
+        v = ratios[bid]
+        if v == default:
+            flush()
+            prev = None
+            continue
+        m, pm = _ID_RE.match(bid), (_ID_RE.match(prev) if prev else None)
+        if (run and m and pm and m.group(1) == pm.group(1) and int(m.group(2)) == int(pm.group(2)) + 1
+                and ratios[prev] == v):
+            run.append(bid)
+        else:
+            flush()
+            run.append(bid)
+        prev = bid
+    flush()
+    return ", ".join(parts)
+
+
+def parse_spec(text: str, block_ids: list[str] | set[str]) -> BlockSpec:
+    """Parse a canonical block spec against the ids of one model.
+
+    ``text``: the spec (empty or whitespace means ratio 1 everywhere). ``block_ids``: the
+    ids this model (and its text encoders) have, from :func:`block_of`. Returns a
+    :class:`BlockSpec` with a ratio for every id in ``block_ids``.
+
+    Raises :class:`BlockSpecError` naming the bad token and listing the valid ids when a
+    part is not ``selector=value``, a value is not a finite number, a range mixes prefixes
+    or runs backwards, or a selector matches none of this model's ids.
+    """
+    ids = sorted(set(block_ids), key=sort_key)
+    default = 1.0
+    # (specificity, position, ids, value): later, more specific assignments win.
+    assignments: list[tuple[int, int, list[str], float]] = []
+    for pos, raw in enumerate(p for p in re.split(r"[,\n;]", text or "") if p.strip()):
+        token = raw.strip()
+        if "=" not in token:
+            raise BlockSpecError(f"block spec part {token!r} is not of the form ID=value", token, ids)
+        sel, _, val = (s.strip() for s in token.partition("="))
+        try:
+            value = float(val)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise BlockSpecError(f"block spec part {token!r}: {val!r} is not a finite number", token, ids)
+        if sel.lower() == "default":
+            default = value
+            continue
+        specificity, matched = _select(sel, ids, token)
+        assignments.append((specificity, pos, matched, value))
+    ratios = {bid: default for bid in ids}
+    for _, _, matched, value in sorted(assignments, key=lambda a: (a[0], a[1])):
+        for bid in matched:
+            ratios[bid] = value
+    return BlockSpec(ratios)
+
+
+def _select(sel: str, ids: list[str], token: str) -> tuple[int, list[str]]:
+    if sel == "TE" or sel.endswith("*"):
+        prefix = sel[:-1] if sel.endswith("*") else sel
+        matched = [b for b in ids if b.startswith(prefix)]
+        specificity = 1
+    elif "-" in sel:
+        lo, _, hi = (s.strip() for s in sel.partition("-"))
+        mlo, mhi = _ID_RE.match(lo), _ID_RE.match(hi)
+        if not (mlo and mhi) or mlo.group(1) != mhi.group(1) or int(mlo.group(2)) > int(mhi.group(2)):
+            raise BlockSpecError(f"block spec range {sel!r} must run upwards between ids of one "
+                                 "kind, like IN04-IN08", token, ids)
+        prefix, a, b = mlo.group(1), int(mlo.group(2)), int(mhi.group(2))
+        matched = [x for x in ids if (m := _ID_RE.match(x)) and m.group(1) == prefix
+                   and a <= int(m.group(2)) <= b]
+        specificity = 2
+    else:
+        matched = [b for b in ids if b == sel]
+        specificity = 3
+    if not matched:
+        raise BlockSpecError(f"block spec selector {sel!r} matches no block of this model", token, ids)
+    return specificity, matched

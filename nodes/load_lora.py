@@ -1,0 +1,50 @@
+"""Node ``WorkbenchLoadLora``: one LoRA with model/CLIP strength and a block spec."""
+
+from __future__ import annotations
+
+from .compat import inp, io, out, schema
+from .lora_apply import apply_lora, load_lora_file
+from .sources import resolve_local
+
+
+class WorkbenchLoadLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="WorkbenchLoadLora",
+            display_name="Load LoRA (Workbench)",
+            category="LoRA Workbench",
+            description=("Applies one LoRA to the model and, when connected, the text encoder, with "
+                         "a strength per block. Uses ComfyUI's own LoRA loader, so every format "
+                         "ComfyUI reads works, and reports what was applied and what was not."),
+            inputs=[
+                inp(io.Model, "model", tooltip="The diffusion model to apply the LoRA to."),
+                inp(io.String, "source", default="",
+                    tooltip="The LoRA: a file name in the loras folder (as the core LoRA loader lists it)."),
+                inp(io.Float, "strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
+                    tooltip="How strongly the LoRA changes the diffusion model; may be negative."),
+                inp(io.Float, "strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01,
+                    tooltip="How strongly the LoRA changes the text encoder; may be negative."),
+                inp(io.String, "blocks", default="",
+                    tooltip=("Strength ratio per block, e.g. 'default=1, IN04-IN08=0, M00=0.5, TE=1'. "
+                             "Empty means 1 everywhere. Block ids come from the model: IN00.., M00, "
+                             "OUT00.. for UNet models, D00../S00.. for Flux, TE.<encoder> for text encoders.")),
+                inp(io.Clip, "clip", optional=True,
+                    tooltip="The text encoder to apply the LoRA's text-encoder part to."),
+            ],
+            outputs=[
+                out(io.Model, "MODEL", display_name="MODEL", tooltip="The model with the LoRA applied."),
+                out(io.Clip, "CLIP", display_name="CLIP",
+                    tooltip="The text encoder with the LoRA applied (None when no clip was connected)."),
+                out(io.String, "report", display_name="report",
+                    tooltip="What was applied per block, and which file keys were not applied and why."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, source, strength_model, strength_clip, blocks, clip=None) -> io.NodeOutput:
+        path = resolve_local("loras", source)
+        lora_sd = load_lora_file(path)
+        new_model, new_clip, report = apply_lora(model, clip, lora_sd, source, strength_model,
+                                                 strength_clip, blocks)
+        return io.NodeOutput(new_model, new_clip, report.text())

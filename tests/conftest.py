@@ -1,0 +1,167 @@
+"""Shared fixtures: paths, the pinned host in-process, and a running host server.
+
+Layers (each a folder): ``unit/`` never imports ComfyUI; ``host/`` imports the pinned
+ComfyUI in this process (``comfy_host``); ``e2e/`` talks to a real server started once per
+test session (``server``). All need ``scripts/setup.sh`` to have run (``make test`` does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.paths import COMFYUI, HOST_ENV, MODELS, PACK_NAME, REAL_LORAS, REPO
+
+
+def _require_host() -> None:
+    if not (COMFYUI / "main.py").exists() or not (MODELS / "manifest.json").exists():
+        pytest.exit("the host is not set up: run `make test` (or scripts/setup.sh) first", returncode=2)
+
+
+def make_base_dir(root: Path) -> Path:
+    """A ComfyUI base directory under ``root`` with this pack and the demo models linked in."""
+    base = root / "base"
+    for sub in ("custom_nodes", "input", "output", "user", "models/checkpoints",
+                "models/diffusion_models", "models/loras"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / "lora-workbench").symlink_to(REPO)
+    manifest = json.loads((MODELS / "manifest.json").read_text())
+    for name, entry in manifest.items():
+        if entry["folder"]:
+            (base / "models" / entry["folder"] / name).symlink_to(MODELS.resolve() / name)
+    if REAL_LORAS.is_dir():
+        (base / "models" / "loras" / "real").symlink_to(REAL_LORAS)
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy_host(tmp_path_factory):
+    """The pinned ComfyUI imported in-process, on the CPU, with a temporary base directory.
+
+    Returns a namespace with ``base`` (Path), ``folder_paths``, ``nodes`` (ComfyUI's module)
+    and ``pack`` (this pack imported as a package named ``lora_workbench``).
+    """
+    _require_host()
+    base = make_base_dir(tmp_path_factory.mktemp("inproc"))
+    sys.path.insert(0, str(COMFYUI))
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # before comfy.model_management looks for a CUDA driver
+    comfy.cli_args.args.base_directory = str(base)
+    import folder_paths
+    import torch
+
+    torch.set_grad_enabled(False)
+    import nodes as comfy_nodes
+
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = pack
+    spec.loader.exec_module(pack)
+
+    class Host:
+        pass
+
+    host = Host()
+    host.base, host.folder_paths, host.nodes, host.pack = base, folder_paths, comfy_nodes, pack
+    return host
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running ComfyUI server: ``url``, ``base`` (its base directory), ``log_path``."""
+
+    def __init__(self, root: Path):
+        self.base = make_base_dir(root)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "server.log"
+        self._log = open(self.log_path, "w")
+        cmd = [str(HOST_ENV / "venv" / "bin" / "python"), str(COMFYUI / "main.py"), "--cpu",
+               "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+               "--base-directory", str(self.base),
+               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=root,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if requests.get(self.url + "/object_info/WorkbenchLoadLora", timeout=2).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def pack_failures(self) -> list[str]:
+        """Log lines that show this pack failing: tracebacks through its files, import
+        failures of its folder, or warnings naming it (the host's own torchaudio tracebacks,
+        for example, do not count)."""
+        lines = self.log().splitlines()
+        ours = (f"{REPO}/", "custom_nodes/lora-workbench")
+        bad = []
+        for i, line in enumerate(lines):
+            if "IMPORT FAILED" in line and "lora-workbench" in line:
+                bad.append(line)
+            elif line.startswith("Traceback"):
+                block = []
+                for follow in lines[i + 1:]:
+                    block.append(follow)
+                    if not follow.startswith(" "):
+                        break
+                if any(o in b for b in block for o in ours):
+                    bad.append("\n".join([line, *block]))
+            elif any(o in line for o in ours) and ("Cannot import" in line or "Error" in line):
+                bad.append(line)
+        return bad
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One real ComfyUI server for the whole session, on a free port, temporary base dir."""
+    _require_host()
+    srv = Server(tmp_path_factory.mktemp("server"))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+        artifacts = REPO / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        shutil.copy(srv.log_path, artifacts / "server.log")

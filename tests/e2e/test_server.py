@@ -1,0 +1,77 @@
+"""End to end: the pack inside a running ComfyUI, driven through ``/prompt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from helpers.api import PromptFailed, run_prompt
+from helpers.paths import REAL_LORAS
+
+pytestmark = pytest.mark.e2e
+
+LOKR = "real/lycoris_lokr/smart_falcon_4_lokr.safetensors"
+
+
+def sample_prompt(lora_source: str, blocks: str = "", seed: int = 1) -> dict:
+    """Full-size SD1.5 checkpoint -> WorkbenchLoadLora -> 64x64, 2-step sample -> SaveImage."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "workbench-sd15.safetensors"}},
+        "2": {"class_type": "WorkbenchLoadLora",
+              "inputs": {"model": ["1", 0], "clip": ["1", 1], "source": lora_source,
+                         "strength_model": 0.8, "strength_clip": 1.0, "blocks": blocks}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a lighthouse"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": ""}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler",
+              "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
+                         "latent_image": ["5", 0], "seed": seed, "steps": 2, "cfg": 5.0,
+                         "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "workbench_e2e"}},
+    }
+
+
+def test_object_info_lists_the_pack_and_log_is_clean(server):
+    info = requests.get(f"{server.url}/object_info", timeout=60).json()
+    ours = {k: v for k, v in info.items() if k.startswith("Workbench")}
+    assert "WorkbenchLoadLora" in ours
+    assert all(v["python_module"].startswith("custom_nodes.") for v in ours.values())
+    assert server.pack_failures() == []
+
+
+@pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")
+def test_real_lokr_on_full_sd15_samples_an_image(server):
+    entry = run_prompt(server.url, sample_prompt(LOKR, blocks="default=1, OUT09-OUT11=0"))
+    images = entry["outputs"]["8"]["images"]
+    assert len(images) == 1
+    png = server.base / "output" / images[0].get("subfolder", "") / images[0]["filename"]
+    assert png.stat().st_size > 0
+    assert server.pack_failures() == []
+
+
+@pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")
+@pytest.mark.parametrize("source, expected", [
+    ("real/edge_cases/HK200202-hub__emojii/lora.safetensors", "Git LFS pointer"),
+    ("real/edge_cases/Srikanth1408__Stable_Diffusion-Hackathon/pytorch_lora_weights.safetensors",
+     "truncated download"),
+    ("no-such-lora.safetensors", "is not in the loras folder"),
+    (LOKR + "|", "is not in the loras folder"),
+])
+def test_bad_lora_sources_fail_with_a_message_naming_the_fix(server, source, expected):
+    with pytest.raises(PromptFailed) as e:
+        run_prompt(server.url, sample_prompt(source))
+    assert expected in str(e.value)
+    # the node names the file it could not use
+    assert Path(source).name in str(e.value) or source in str(e.value)
+
+
+def test_bad_block_spec_names_the_token_and_valid_ids(server):
+    if not REAL_LORAS.is_dir():
+        pytest.skip("../shared/fixtures/real is not present")
+    with pytest.raises(PromptFailed) as e:
+        run_prompt(server.url, sample_prompt(LOKR, blocks="IN04-IN08=0, OUT99=1"))
+    message = str(e.value)
+    assert "'OUT99'" in message and "OUT11" in message and "IN00" in message
