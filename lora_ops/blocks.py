@@ -62,7 +62,10 @@ def block_of(weight_key: str | tuple) -> str:
     ``"diffusion_model.input_blocks.4.1.proj_in.weight"`` or
     ``"clip_l.transformer.text_model.encoder.layers.3.mlp.fc1.weight"``, or a patch key tuple
     ``(key, (dim, start, length))`` (a slice of a fused weight), whose first item is used.
-    Keys outside ``diffusion_model.`` are text-encoder weights: ``TE.<first component>``.
+    Keys outside ``diffusion_model.`` are taken as text-encoder weights, named as the CLIP
+    patcher's state dict names them: ``TE.<first component>``. (A MODEL's state dict also
+    holds non-weight entries such as ``model_sampling.sigmas``; callers pass only its
+    ``diffusion_model.`` keys, which are the only ones LoRA patches target.)
     """
     key = weight_key[0] if isinstance(weight_key, tuple) else weight_key
     if not key.startswith(MODEL_PREFIX):

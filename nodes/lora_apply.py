@@ -19,7 +19,7 @@ import comfy.lora
 import comfy.lora_convert
 import comfy.utils
 
-from ..lora_ops.blocks import BlockSpec, block_of, parse_spec, sort_key
+from ..lora_ops.blocks import MODEL_PREFIX, BlockSpec, block_of, parse_spec, sort_key
 from ..lora_ops.safetensors_io import SafetensorsError, read_header
 
 
@@ -111,8 +111,12 @@ def load_lora_file(path: str) -> dict:
 
 
 def model_block_ids(model, clip) -> list[str]:
-    """Every block id the MODEL (and CLIP, when given) has, counted from its weights."""
-    ids = {block_of(k) for k in model.model.state_dict().keys()}
+    """Every block id the MODEL (and CLIP, when given) has, counted from its weights.
+
+    Only the diffusion model's weights count on the model side: LoRA patches never target
+    the other entries of its state dict (``model_sampling`` buffers and the like).
+    """
+    ids = {block_of(k) for k in model.model.state_dict().keys() if k.startswith(MODEL_PREFIX)}
     if clip is not None:
         ids.update(block_of(k) for k in clip.patcher.model.state_dict().keys())
     return sorted(ids, key=sort_key)

@@ -71,6 +71,7 @@ def comfy_host(tmp_path_factory):
     pack = importlib.util.module_from_spec(spec)
     sys.modules[PACK_NAME] = pack
     spec.loader.exec_module(pack)
+    importlib.import_module(f"{PACK_NAME}.nodes")  # what comfy_entrypoint() imports
 
     class Host:
         pass

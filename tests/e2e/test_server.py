@@ -40,6 +40,9 @@ def test_object_info_lists_the_pack_and_log_is_clean(server):
     assert "WorkbenchLoadLora" in ours
     assert all(v["python_module"].startswith("custom_nodes.") for v in ours.values())
     assert server.pack_failures() == []
+    # the pinned host with this environment starts without any traceback at all
+    log = server.log()
+    assert "Traceback" not in log and "IMPORT FAILED" not in log
 
 
 @pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")

@@ -1,0 +1,142 @@
+"""WorkbenchLoadLora's engine in-process: identical to core at ratio 1, block ratios, errors."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+from helpers.host_models import load_checkpoint, load_tiny_diffusion_model
+from helpers.paths import REAL_LORAS
+
+pytestmark = [pytest.mark.host,
+              pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")]
+
+LOKR = REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy_host):
+    model, clip, _ = load_checkpoint("workbench-sd15.safetensors")
+    return model, clip
+
+
+@pytest.fixture(scope="module")
+def apply(comfy_host):
+    return comfy_host.pack.nodes.lora_apply
+
+
+def describe(patches: dict) -> dict:
+    """A patcher's patch lists with adapters reduced to their class and weights: tensors by
+    identity (both paths must reference the file's own tensors), other values by value."""
+
+    def weights(adapter):
+        ws = getattr(adapter, "weights", adapter[1] if isinstance(adapter, tuple) else ())
+        return tuple(("tensor", id(w)) if isinstance(w, torch.Tensor) else w for w in ws)
+
+    return {key: [(p[0], type(p[1]).__name__, weights(p[1]), p[2], p[3], p[4]) for p in plist]
+            for key, plist in patches.items()}
+
+
+def test_empty_spec_gives_exactly_the_core_lora_loader_patches(sd15, apply):
+    import comfy.sd
+
+    model, clip = sd15
+    lora = apply.load_lora_file(str(LOKR))
+    core_model, core_clip = comfy.sd.load_lora_for_models(model, clip, lora, 0.8, 0.6)
+    ours_model, ours_clip, report = apply.apply_lora(model, clip, lora, "lokr", 0.8, 0.6, "")
+    assert describe(ours_model.patches) == describe(core_model.patches)
+    assert describe(ours_clip.patcher.patches) == describe(core_clip.patcher.patches)
+    # HOST.md: core makes 350 patches from this file, 278 UNet + 72 CLIP
+    assert (report.model_modules, report.clip_modules) == (278, 72)
+    assert report.unused_keys == [] and report.unmatched_patches == []
+    assert report.spec == "default=1"
+    assert model.patches == {} and clip.patcher.patches == {}  # inputs untouched
+
+
+def test_block_ratios_scale_strength_per_block_with_one_call_per_strength(sd15, apply):
+    import comfy.model_patcher
+
+    model, clip = sd15
+    lora = apply.load_lora_file(str(LOKR))
+    real_add = comfy.model_patcher.ModelPatcher.add_patches
+    with mock.patch.object(comfy.model_patcher.ModelPatcher, "add_patches", autospec=True,
+                           side_effect=real_add) as spy:
+        m, c, report = apply.apply_lora(model, clip, lora, "lokr", 0.8, 0.6,
+                                        "OUT09-OUT11=0.5, IN01=0, TE=-1")
+    strengths = {}
+    for key, plist in m.patches.items():
+        bid = apply.block_of(key)
+        strengths.setdefault(bid, set()).add(plist[0][0])
+    assert "IN01" not in strengths
+    assert strengths["OUT10"] == {0.8 * 0.5} and strengths["M00"] == {0.8}
+    assert {p[0][0] for p in c.patcher.patches.values()} == {-0.6}
+    # model: 0.8 and 0.4; clip: -0.6 -> three add_patches calls in all
+    assert spy.call_count == 3
+    _, _, full = apply.apply_lora(model, clip, lora, "lokr", 0.8, 0.6, "")
+    assert report.zero_ratio_modules == full.modules_per_block["IN01"] > 0
+    assert "IN01" not in report.modules_per_block
+    assert report.model_modules == 278 - full.modules_per_block["IN01"]
+    assert report.spec == "default=1, IN01=0, OUT09-OUT11=0.5, TE.clip_l=-1"
+    text = report.text()
+    assert f"OUT10 {full.modules_per_block['OUT10']}x0.5" in text
+    assert "TE.clip_l 72x-1" in text
+    assert f"{full.modules_per_block['IN01']} modules in blocks with ratio 0 were left out" in text
+
+
+def test_ratio_zero_everywhere_on_the_model_leaves_only_the_text_encoder(sd15, apply):
+    model, clip = sd15
+    lora = apply.load_lora_file(str(LOKR))
+    m, c, report = apply.apply_lora(model, clip, lora, "lokr", 1.0, 1.0, "default=0, TE=1")
+    assert m.patches == {}
+    assert len(c.patcher.patches) == 72
+    assert report.zero_ratio_modules == 278
+
+
+def test_bad_spec_fails_before_anything_is_patched(sd15, apply):
+    from lora_workbench.lora_ops.blocks import BlockSpecError  # the pack's own copy of the engine
+
+    model, clip = sd15
+    lora = apply.load_lora_file(str(LOKR))
+    with pytest.raises(BlockSpecError, match="'D00'"):
+        apply.apply_lora(model, clip, lora, "lokr", 1.0, 1.0, "D00=0")
+    assert model.patches == {}
+
+
+@pytest.mark.parametrize("path, message", [
+    # core 0.3.75 turns these into 0 patches silently; here they are errors that say why
+    ("diffusers/timohavdk__sd-lora/pytorch_lora_weights.safetensors", "applies nothing"),
+    ("peft/anirudh-ak__peft-gpt2/adapter_model.safetensors", "another model family"),
+    ("cloneofsimo/lora_disney.pt", "only .safetensors"),
+    ("edge_cases/HK200202-hub__emojii/lora.safetensors", "Git LFS pointer"),
+])
+def test_loras_that_cannot_apply_are_errors(sd15, apply, path, message):
+    model, clip = sd15
+    with pytest.raises(apply.LoraApplyError, match=message) as e:
+        lora = apply.load_lora_file(str(REAL_LORAS / path))
+        apply.apply_lora(model, clip, lora, path, 1.0, 1.0, "")
+    assert path.split("/")[-1] in str(e.value) or path in str(e.value)
+
+
+def test_flux_double_and_single_block_ratios(comfy_host, apply):
+    """A LoRA in ComfyUI's own key format for every linear weight of the tiny Flux model."""
+    import comfy.lora
+
+    flux = load_tiny_diffusion_model("workbench-flux-tiny.safetensors")
+    sd = flux.model.state_dict()
+    key_map = comfy.lora.model_lora_keys_unet(flux.model, {})
+    g = torch.Generator().manual_seed(0)
+    lora = {}
+    for lora_key, weight_key in key_map.items():
+        if not isinstance(weight_key, str) or not lora_key.startswith("diffusion_model.") or sd[weight_key].ndim != 2:
+            continue
+        out_f, in_f = sd[weight_key].shape
+        lora[f"{lora_key}.lora_up.weight"] = torch.randn(out_f, 2, generator=g)
+        lora[f"{lora_key}.lora_down.weight"] = torch.randn(2, in_f, generator=g)
+    m, _, report = apply.apply_lora(flux, None, lora, "flux-test", 1.0, 1.0, "default=0.5, D*=1, S01-S02=0")
+    ratio = {apply.block_of(k): p[0][0] for k, p in m.patches.items()}
+    assert ratio["D00"] == ratio["D01"] == 1.0
+    assert ratio["S00"] == ratio["IN"] == ratio["OUT"] == 0.5
+    assert "S01" not in ratio and "S02" not in ratio
+    assert report.unused_keys == []
