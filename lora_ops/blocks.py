@@ -24,7 +24,8 @@ text encoder ``<name>.`` (``clip_l``, ``t5xxl``, ...)  ``TE.<name>``
 The ids of UNet blocks are those of the A1111 LoRA Block Weight extension (IN00..., M00,
 OUT00...), so values carry over between tools.
 
-Spec grammar (canonical form; order-free, comma separated ``selector=value``):
+Canonical spec grammar (order-free, comma separated ``selector=value``; the notations of
+other tools are imported by :mod:`lora_ops.block_formats`):
 
 * ``default=V``: every block not named otherwise (without it, 1).
 * ``ID=V``: one block id, e.g. ``M00=0.5``, ``TE.clip_l=0``.
@@ -169,8 +170,10 @@ def canonical_text(ratios: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-def parse_spec(text: str, block_ids: list[str] | set[str]) -> BlockSpec:
-    """Parse a canonical block spec against the ids of one model.
+def parse_named(text: str, block_ids: list[str] | set[str]) -> BlockSpec:
+    """Parse a canonical (named) block spec against the ids of one model.
+
+    (:func:`lora_ops.block_spec.parse_spec` accepts this and the other tools' notations.)
 
     ``text``: the spec (empty or whitespace means ratio 1 everywhere). ``block_ids``: the
     ids this model (and its text encoders) have, from :func:`block_of`. Returns a

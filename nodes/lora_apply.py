@@ -19,7 +19,8 @@ import comfy.lora
 import comfy.lora_convert
 import comfy.utils
 
-from ..lora_ops.blocks import MODEL_PREFIX, BlockSpec, block_of, parse_spec, sort_key
+from ..lora_ops.block_spec import parse_spec
+from ..lora_ops.blocks import MODEL_PREFIX, BlockSpec, block_of, sort_key
 from ..lora_ops.safetensors_io import SafetensorsError, read_header
 
 
@@ -142,7 +143,8 @@ def apply_lora(model, clip, lora_sd: dict, name: str, strength_model: float,
             f"(e.g. {sample}) match a module of the model{'' if clip is not None else ' (clip not connected)'}. "
             "It is probably made for another model family; use a LoRA trained for this model.")
 
-    spec: BlockSpec = parse_spec(spec_text, model_block_ids(model, clip))
+    present = {block_of(k) for k in patches}
+    spec: BlockSpec = parse_spec(spec_text, model_block_ids(model, clip), present)
     model_keys = set(model.model.state_dict().keys())
     clip_keys = set(clip.patcher.model.state_dict().keys()) if clip is not None else set()
     report = ApplyReport(name, len(lora_sd), spec.canonical(), strength_model, strength_clip,

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lora_ops.blocks import BlockSpecError, block_of, canonical_text, parse_spec, sort_key
+from lora_ops.block_spec import parse_spec
+from lora_ops.blocks import BlockSpecError, block_of, canonical_text, sort_key
 
 SD15_IDS = (["IN", "OUT", "TE.clip_l"] + [f"IN{i:02d}" for i in range(12)] + ["M00"]
             + [f"OUT{i:02d}" for i in range(12)])
