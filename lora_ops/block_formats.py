@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import re
 
-from .blocks import _ID_RE, sort_key
+from .blocks import _ID_RE, MAX_RATIO, parse_ratio, sort_key
 
 
 def _r(prefix: str, lo: int, hi: int) -> list[str]:
@@ -167,10 +167,10 @@ def parse_values(text: str, allow_letters: bool) -> list[float]:
         if tok in ("R", "r", "U", "u"):
             raise FormatError(f"vector entry {tok!r} asks for a random value; a workflow must reproduce "
                               "its result, so write the numbers you want instead", tok)
-        try:
-            values.append(float(tok))
-        except ValueError:
-            raise FormatError(f"vector entry {tok!r} is not a number", tok) from None
+        value = parse_ratio(tok)
+        if value is None:
+            raise FormatError(f"vector entry {tok!r} is not a number between -{MAX_RATIO:g} and {MAX_RATIO:g}", tok)
+        values.append(value)
     return values
 
 
@@ -265,12 +265,10 @@ def inspire_percent(text: str, ids: list[str], present: list[str]) -> dict[str, 
         if not tok:
             continue
         sel, eq, val = (s.strip() for s in tok.partition("="))
-        try:
-            value = float(val) if eq else float("nan")
-        except ValueError:
-            value = float("nan")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise FormatError(f"Inspire % entry {tok!r} needs name=number", tok)
+        value = parse_ratio(val) if eq else None
+        if value is None:
+            raise FormatError(f"Inspire % entry {tok!r} needs name=number (between -{MAX_RATIO:g} and "
+                              f"{MAX_RATIO:g})", tok)
         m = _PCT_TOKEN.match(sel.lower())
         if not m:
             raise FormatError(f"Inspire % entry {tok!r}: unknown selector {sel!r}", tok)

@@ -32,8 +32,10 @@ other tools are imported by :mod:`lora_ops.block_formats`):
 * ``A-B=V``: an inclusive range of ids with the same letter prefix, e.g. ``IN04-IN08=0``,
   ``S20-S37=0``.
 * ``P*=V``: every id starting with ``P``, e.g. ``D*=1``, ``TE*=0``; ``TE=V`` is ``TE*=V``.
-* Values are floats and may be negative. Later, more specific selectors win in this order:
-  default < wildcard < range < exact id, whatever their order in the text.
+* Values are decimal numbers between -100 and 100 and may be negative. More specific
+  selectors win in this order: default < wildcard < range < exact id, whatever their order
+  in the text; a selector may appear once.
+* Ids are case-insensitive and zero-padded on reading (``in4`` is ``IN04``).
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ import math
 import re
 from dataclasses import dataclass
 
-_UNET = re.compile(r"^(input_blocks|middle_block|output_blocks)\.(\d+)\.")
+_UNET = re.compile(r"^(input_blocks|middle_block|output_blocks)\.([0-9]+)\.")
 _DIT = re.compile(
-    r"^(double_blocks|single_blocks|joint_blocks|blocks|transformer_blocks|layers)\.(\d+)\.")
+    r"^(double_blocks|single_blocks|joint_blocks|blocks|transformer_blocks|layers)\.([0-9]+)\.")
 _DIT_PREFIX = {"double_blocks": "D", "single_blocks": "S", "joint_blocks": "J",
                "blocks": "B", "transformer_blocks": "B", "layers": "B"}
 _INPUT_LAYERS = ("time_embed.", "label_emb.", "img_in.", "txt_in.", "time_in.", "vector_in.",
@@ -86,7 +88,7 @@ def block_of(weight_key: str | tuple) -> str:
     return "OTHER"
 
 
-_ID_RE = re.compile(r"^([A-Za-z]+)(\d+)$")
+_ID_RE = re.compile(r"^([A-Za-z]+)([0-9]+)$")
 
 
 def sort_key(block_id: str) -> tuple:
@@ -117,9 +119,12 @@ class BlockSpecError(ValueError):
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """A parsed spec: ``ratios`` maps every given block id to its ratio (float)."""
+    """A parsed spec: ``ratios`` maps every block id of the model to its ratio (float);
+    ``notes`` are remarks for the report (e.g. a text-encoder selector without a text
+    encoder connected)."""
 
     ratios: dict[str, float]
+    notes: tuple[str, ...] = ()
 
     def ratio(self, block_id: str) -> float:
         return self.ratios.get(block_id, 1.0)
@@ -130,8 +135,12 @@ class BlockSpec:
         return canonical_text(self.ratios)
 
 
-def _fmt(v: float) -> str:
-    return f"{v:g}"
+def format_ratio(v: float) -> str:
+    """Shortest text that reads back as exactly ``v`` (``1``, ``0.5``, ``0.30000000000000004``)."""
+    if v == 0:
+        return "0"  # also for -0.0
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def canonical_text(ratios: dict[str, float]) -> str:
@@ -142,13 +151,13 @@ def canonical_text(ratios: dict[str, float]) -> str:
     for v in ratios.values():
         counts[v] = counts.get(v, 0) + 1
     default = max(counts, key=lambda v: (counts[v], v == 1.0))
-    parts = [f"default={_fmt(default)}"]
+    parts = [f"default={format_ratio(default)}"]
     run: list[str] = []
 
     def flush():
         if run:
             sel = run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}"
-            parts.append(f"{sel}={_fmt(ratios[run[0]])}")
+            parts.append(f"{sel}={format_ratio(ratios[run[0]])}")
             run.clear()
 
     prev = None
@@ -170,53 +179,97 @@ def canonical_text(ratios: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+# Ratios are bounded like the strength widgets, so a spec cannot multiply a strength
+# into absurd (or infinite) territory.
+MAX_RATIO = 100.0
+_NUMBER = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+
+
+def parse_ratio(text: str) -> float | None:
+    """A ratio from ASCII decimal text, or None when it is not one within +-MAX_RATIO."""
+    if not _NUMBER.match(text):
+        return None
+    v = float(text)
+    return v if math.isfinite(v) and abs(v) <= MAX_RATIO else None
+
+
 def parse_named(text: str, block_ids: list[str] | set[str]) -> BlockSpec:
     """Parse a canonical (named) block spec against the ids of one model.
 
     (:func:`lora_ops.block_spec.parse_spec` accepts this and the other tools' notations.)
 
-    ``text``: the spec (empty or whitespace means ratio 1 everywhere). ``block_ids``: the
-    ids this model (and its text encoders) have, from :func:`block_of`. Returns a
-    :class:`BlockSpec` with a ratio for every id in ``block_ids``.
+    ``text``: the spec (empty or whitespace means ratio 1 everywhere); parts are separated
+    by commas, semicolons or newlines; ids are case-insensitive and ``IN4`` means ``IN04``.
+    ``block_ids``: the ids this model (and its text encoders) have, from :func:`block_of`.
+    Returns a :class:`BlockSpec` with a ratio for every id in ``block_ids``. A ``TE``
+    selector when no text encoder is connected is skipped with a note, so a saved spec keeps
+    working on a model-only chain.
 
     Raises :class:`BlockSpecError` naming the bad token and listing the valid ids when a
-    part is not ``selector=value``, a value is not a finite number, a range mixes prefixes
-    or runs backwards, or a selector matches none of this model's ids.
+    part is not ``selector=value``, a value is not a number within +-100, a selector is
+    given twice, a range mixes prefixes or runs backwards, or a selector matches none of
+    this model's ids.
     """
     ids = sorted(set(block_ids), key=sort_key)
-    default = 1.0
-    # (specificity, position, ids, value): later, more specific assignments win.
-    assignments: list[tuple[int, int, list[str], float]] = []
-    for pos, raw in enumerate(p for p in re.split(r"[,\n;]", text or "") if p.strip()):
+    default = None
+    seen: set[str] = set()
+    notes: list[str] = []
+    # (specificity, ids, value): more specific assignments win whatever their order.
+    assignments: list[tuple[int, list[str], float]] = []
+    for raw in re.split(r"[,\n;]", text or ""):
         token = raw.strip()
+        if not token:
+            continue
         if "=" not in token:
             raise BlockSpecError(f"block spec part {token!r} is not of the form ID=value", token, ids)
         sel, _, val = (s.strip() for s in token.partition("="))
-        try:
-            value = float(val)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise BlockSpecError(f"block spec part {token!r}: {val!r} is not a finite number", token, ids)
-        if sel.lower() == "default":
+        value = parse_ratio(val)
+        if value is None:
+            hint = " (separate parts with commas)" if re.search(r"\s", val) else ""
+            raise BlockSpecError(f"block spec part {token!r}: {val!r} is not a number between "
+                                 f"-{MAX_RATIO:g} and {MAX_RATIO:g}{hint}", token, ids)
+        key = _normalise_selector(sel)
+        if key.upper() in seen:
+            raise BlockSpecError(f"block spec selector {sel!r} is given twice", token, ids)
+        seen.add(key.upper())
+        if key.upper() == "DEFAULT":
             default = value
             continue
-        specificity, matched = _select(sel, ids, token)
-        assignments.append((specificity, pos, matched, value))
-    ratios = {bid: default for bid in ids}
-    for _, _, matched, value in sorted(assignments, key=lambda a: (a[0], a[1])):
+        if key.upper().startswith("TE") and not any(b.startswith("TE") for b in ids):
+            notes.append(f"{token} skipped: no text encoder is connected")
+            continue
+        specificity, matched = _select(key, ids, token)
+        assignments.append((specificity, matched, value))
+    base = 1.0 if default is None else default
+    ratios = {bid: base for bid in ids}
+    for _, matched, value in sorted(assignments, key=lambda a: a[0]):
         for bid in matched:
             ratios[bid] = value
-    return BlockSpec(ratios)
+    return BlockSpec(ratios, tuple(notes))
+
+
+def _normalise_selector(sel: str) -> str:
+    """``in4`` -> ``IN04``, ``te.CLIP_L`` kept for case-insensitive matching, en dash -> ``-``."""
+    sel = sel.replace("\u2013", "-").replace("\u2014", "-")
+
+    def fix(part: str) -> str:
+        m = re.match(r"^([A-Za-z]+)([0-9]+)$", part.strip())
+        return f"{m.group(1).upper()}{int(m.group(2)):02d}" if m else part.strip()
+
+    if "-" in sel and not sel.upper().startswith("TE"):
+        lo, _, hi = sel.partition("-")
+        return f"{fix(lo)}-{fix(hi)}"
+    return fix(sel)
 
 
 def _select(sel: str, ids: list[str], token: str) -> tuple[int, list[str]]:
-    if sel == "TE" or sel.endswith("*"):
-        prefix = sel[:-1] if sel.endswith("*") else sel
-        matched = [b for b in ids if b.startswith(prefix)]
+    upper_ids = {b.upper(): b for b in ids}
+    if sel.upper() == "TE" or sel.endswith("*"):
+        prefix = (sel[:-1] if sel.endswith("*") else sel).upper()
+        matched = [b for b in ids if b.upper().startswith(prefix)]
         specificity = 1
     elif "-" in sel:
-        lo, _, hi = (s.strip() for s in sel.partition("-"))
+        lo, _, hi = (s.strip().upper() for s in sel.partition("-"))
         mlo, mhi = _ID_RE.match(lo), _ID_RE.match(hi)
         if not (mlo and mhi) or mlo.group(1) != mhi.group(1) or int(mlo.group(2)) > int(mhi.group(2)):
             raise BlockSpecError(f"block spec range {sel!r} must run upwards between ids of one "
@@ -226,7 +279,7 @@ def _select(sel: str, ids: list[str], token: str) -> tuple[int, list[str]]:
                    and a <= int(m.group(2)) <= b]
         specificity = 2
     else:
-        matched = [b for b in ids if b == sel]
+        matched = [upper_ids[sel.upper()]] if sel.upper() in upper_ids else []
         specificity = 3
     if not matched:
         raise BlockSpecError(f"block spec selector {sel!r} matches no block of this model", token, ids)

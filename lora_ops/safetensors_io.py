@@ -7,8 +7,9 @@ mapping of str to str; then the data buffer, where offsets are relative to its s
 
 A file is *structurally valid* here when the header parses, every tensor's byte range has
 exactly ``numel * itemsize`` bytes, and the ranges tile the data buffer exactly (no gap, no
-overlap, nothing after the last tensor). This is stricter than ``safetensors.safe_open``,
-which accepts trailing bytes, and it is what a verified download must satisfy.
+overlap, nothing after the last tensor), with no tensor named twice. This is what a verified
+download must satisfy, and it is checked before ``safetensors`` itself opens the file, so
+every failure has a message that names the file and the fix.
 
 The common ways a "LoRA file" is not one get their own messages, each naming the fix:
 a Git LFS pointer (a few hundred bytes of text), a truncated download, an HTML error page,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,19 @@ DTYPE_SIZES: dict[str, int] = {
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 class SafetensorsError(ValueError):
     """A file that is not a complete, well-formed safetensors file.
 
@@ -48,8 +63,8 @@ class SafetensorsError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str, fix: str):
         self.path = str(path)
         self.reason = reason
-        self.fix = fix
-        super().__init__(f"{self.path}: {reason}. {fix}")
+        self.fix = fix if fix.endswith(".") else fix + "."
+        super().__init__(f"{self.path}: {reason}. {self.fix}")
 
 
 @dataclass(frozen=True)
@@ -117,10 +132,19 @@ def sniff_non_safetensors(path: str | os.PathLike, head: bytes) -> SafetensorsEr
             path, "is an HTML page, not model weights (often a login, terms or error page)",
             "Open the URL in a browser to see what the host says; a token or accepting the "
             "model's terms may be needed")
+    if head[:1] in (b"{", b"["):
+        return SafetensorsError(
+            path, "is a JSON document, not model weights (often an error message from a server)",
+            "Open it in a text editor to see what it says, then download the model again")
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return SafetensorsError(
             path, "is a pickle (PyTorch .ckpt/.pt) file, which can run code when loaded",
             "Use a .safetensors release of this model, or convert it in a trusted environment")
+    if len(head) >= 8 and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:8]):
+        return SafetensorsError(
+            path, "is a text file, not model weights",
+            "Check that this is the file you meant; a model download that ended as text needs "
+            "to be downloaded again")
     return None
 
 
@@ -134,7 +158,11 @@ def read_header(path: str | os.PathLike) -> Header:
     overlap or leave gaps). Raises ``FileNotFoundError`` if the file does not exist.
     """
     p = Path(path)
-    size = p.stat().st_size
+    st = p.stat()
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise SafetensorsError(p, f"is {kind}", "Give the path of a .safetensors file")
+    size = st.st_size
     with open(p, "rb") as f:
         head = f.read(min(size, 8 + 64))
         sniffed = sniff_non_safetensors(p, head)
@@ -151,14 +179,19 @@ def read_header(path: str | os.PathLike) -> Header:
         f.seek(8)
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(p, f"has a header that is not valid JSON ({e})",
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise SafetensorsError(p, f"names tensor {e.args[0]!r} twice in its header",
+                               "The file is corrupt; download it again") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError covers JSONDecodeError and integers too long to convert.
+        reason = "nests too deeply" if isinstance(e, RecursionError) else f"is not valid JSON ({e})"
+        raise SafetensorsError(p, f"has a header that {reason}",
                                "Download it again; if it persists the file is corrupt") from None
     if not isinstance(header, dict):
         raise SafetensorsError(p, "has a header that is not a JSON object",
                                "The file is not a safetensors file; download it again")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise SafetensorsError(p, "has __metadata__ that is not a mapping of strings to strings",
@@ -194,14 +227,23 @@ def _tensor_info(path: Path, name: str, entry: object) -> TensorInfo:
     if not isinstance(entry, dict):
         raise SafetensorsError(path, bad, "The file is corrupt; download it again")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise SafetensorsError(
             path, f"tensor {name!r} has dtype {dtype!r}, expected one of {sorted(DTYPE_SIZES)}",
             "Update the tool that reads it, or re-save the file with a standard dtype")
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+    # type(...) is int: JSON true/false arrive as bool, a subclass of int
+    if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
             or not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+            or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
         raise SafetensorsError(path, bad, "The file is corrupt; download it again")
+    # Readers compute sizes in 64 bits, dimension by dimension: a shape that overflows there
+    # is refused even when a zero dimension makes its true size 0.
+    running = DTYPE_SIZES[dtype]
+    for d in shape:
+        running *= max(d, 1)
+        if running >= 2**63:
+            raise SafetensorsError(path, f"tensor {name!r} has a shape {shape} too large to address",
+                                   "The file is corrupt; download it again")
     info = TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
     expected = info.numel * DTYPE_SIZES[dtype]
     if info.nbytes != expected:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .compat import inp, io, out, schema
 from .lora_apply import apply_lora, load_lora_file
-from .sources import resolve_local
+from .sources import file_fingerprint, resolve_local
 
 
 class WorkbenchLoadLora(io.ComfyNode):
@@ -42,9 +42,14 @@ class WorkbenchLoadLora(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, source, **kwargs):
+        # ComfyUI reuses a node's cached output while its inputs are unchanged; a LoRA file
+        # replaced on disk under the same name must run again.
+        return file_fingerprint("loras", source)
+
+    @classmethod
     def execute(cls, model, source, strength_model, strength_clip, blocks, clip=None) -> io.NodeOutput:
-        path = resolve_local("loras", source)
-        lora_sd = load_lora_file(path)
-        new_model, new_clip, report = apply_lora(model, clip, lora_sd, source, strength_model,
-                                                 strength_clip, blocks)
+        name = source.strip()
+        lora = load_lora_file(resolve_local("loras", name))
+        new_model, new_clip, report = apply_lora(model, clip, lora, name, strength_model, strength_clip, blocks)
         return io.NodeOutput(new_model, new_clip, report.text())

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 
 import folder_paths
 
-# The remote forms DESIGN.md lists; recognised so that the error says what they are.
-_REMOTE = re.compile(r"^(https?://|hf://|urn:air:|civitai:|sha256:|autov2:|autov3:)", re.IGNORECASE)
+# The remote forms DESIGN.md lists (and other URL schemes), recognised so that the error
+# says what they are.
+_REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|urn:air:|civitai:|sha256:|autov2:|autov3:)", re.IGNORECASE)
 
 
 class SourceError(ValueError):
@@ -31,10 +34,32 @@ def resolve_local(folder: str, source: str) -> str:
             f"already in the {folder} folder. Download the file into "
             f"{folder_paths.get_folder_paths(folder)[0]} and set source to its name.")
     path = folder_paths.get_full_path(folder, name)
+    if path is not None and not os.path.isfile(path):
+        raise SourceError(f"{name!r} is listed in the {folder} folder but cannot be opened as a file ({path}): "
+                          "a broken link or a folder? Replace it with the model file.")
     if path is None:
         names = folder_paths.get_filename_list(folder)
-        hint = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") if names else "(the folder is empty)"
-        raise SourceError(
-            f"{name!r} is not in the {folder} folder ({', '.join(folder_paths.get_folder_paths(folder))}). "
-            f"Names there: {hint}")
+        folders = ", ".join(folder_paths.get_folder_paths(folder))
+        if not names:
+            raise SourceError(f"{name!r} is not in the {folder} folder ({folders}), which is empty.")
+        # The likeliest meant names first: same base name in a subfolder, then close spellings.
+        base = os.path.basename(name).lower()
+        close = [n for n in names if os.path.basename(n).lower() == base]
+        close += [n for n in difflib.get_close_matches(name, names, n=5, cutoff=0.5) if n not in close]
+        shown = close[:5] or names[:10]
+        label = "Did you mean" if close else "Names there"
+        raise SourceError(f"{name!r} is not in the {folder} folder ({folders}). {label}: {', '.join(shown)}"
+                          + (" ..." if not close and len(names) > 10 else ""))
     return path
+
+
+def file_fingerprint(folder: str, source: str) -> tuple:
+    """What identifies a source's current file for ComfyUI's output cache: its path, size and
+    modification time (bytes, nanoseconds); the source text alone when it does not resolve
+    (execution then reports why)."""
+    try:
+        path = resolve_local(folder, source)
+        st = os.stat(path)
+    except (SourceError, OSError):
+        return (source,)
+    return (path, st.st_size, st.st_mtime_ns)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,20 @@ def test_bad_block_spec_names_the_token_and_valid_ids(server):
         run_prompt(server.url, sample_prompt(LOKR, blocks="IN04-IN08=0, OUT99=1"))
     message = str(e.value)
     assert "'OUT99'" in message and "OUT11" in message and "IN00" in message
+
+
+@pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")
+def test_a_name_without_its_folder_gets_a_did_you_mean(server):
+    with pytest.raises(PromptFailed, match=re.escape("Did you mean: " + LOKR)):
+        run_prompt(server.url, sample_prompt("smart_falcon_4_lokr.safetensors"))
+
+
+@pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")
+def test_a_lora_file_replaced_on_disk_runs_again(server):
+    target = server.base / "models" / "loras" / "swap.safetensors"
+    shutil.copy(REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors", target)
+    run_prompt(server.url, sample_prompt("swap.safetensors", seed=7))
+    # Same prompt, same inputs: only the file changed. ComfyUI must not reuse the cached output.
+    target.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 1\n")
+    with pytest.raises(PromptFailed, match="Git LFS pointer"):
+        run_prompt(server.url, sample_prompt("swap.safetensors", seed=7))

@@ -44,7 +44,7 @@ def test_empty_spec_gives_exactly_the_core_lora_loader_patches(sd15, apply):
 
     model, clip = sd15
     lora = apply.load_lora_file(str(LOKR))
-    core_model, core_clip = comfy.sd.load_lora_for_models(model, clip, lora, 0.8, 0.6)
+    core_model, core_clip = comfy.sd.load_lora_for_models(model, clip, lora.sd, 0.8, 0.6)
     ours_model, ours_clip, report = apply.apply_lora(model, clip, lora, "lokr", 0.8, 0.6, "")
     assert describe(ours_model.patches) == describe(core_model.patches)
     assert describe(ours_clip.patcher.patches) == describe(core_clip.patcher.patches)
@@ -75,14 +75,14 @@ def test_block_ratios_scale_strength_per_block_with_one_call_per_strength(sd15, 
     # model: 0.8 and 0.4; clip: -0.6 -> three add_patches calls in all
     assert spy.call_count == 3
     _, _, full = apply.apply_lora(model, clip, lora, "lokr", 0.8, 0.6, "")
-    assert report.zero_ratio_modules == full.modules_per_block["IN01"] > 0
+    assert report.zero_modules == full.modules_per_block["IN01"] > 0
     assert "IN01" not in report.modules_per_block
     assert report.model_modules == 278 - full.modules_per_block["IN01"]
     assert report.spec == "default=1, IN01=0, OUT09-OUT11=0.5, TE.clip_l=-1"
     text = report.text()
     assert f"OUT10 {full.modules_per_block['OUT10']}x0.5" in text
     assert "TE.clip_l 72x-1" in text
-    assert f"{full.modules_per_block['IN01']} modules in blocks with ratio 0 were left out" in text
+    assert f"{full.modules_per_block['IN01']} modules left out: strength 0 in their block" in text
 
 
 def test_ratio_zero_everywhere_on_the_model_leaves_only_the_text_encoder(sd15, apply):
@@ -91,7 +91,7 @@ def test_ratio_zero_everywhere_on_the_model_leaves_only_the_text_encoder(sd15, a
     m, c, report = apply.apply_lora(model, clip, lora, "lokr", 1.0, 1.0, "default=0, TE=1")
     assert m.patches == {}
     assert len(c.patcher.patches) == 72
-    assert report.zero_ratio_modules == 278
+    assert report.zero_modules == 278
 
 
 def test_bad_spec_fails_before_anything_is_patched(sd15, apply):
@@ -104,19 +104,91 @@ def test_bad_spec_fails_before_anything_is_patched(sd15, apply):
     assert model.patches == {}
 
 
+# Every real LoRA fixture: all of its modules apply to the SD1.5 architecture, or it fails
+# with an error that says why. (Core 0.3.75 makes 0 patches, silently, from the diffusers
+# "unet." + ".lora.down" file, both cloneofsimo files and the PEFT adapter.)
+APPLIES = [
+    # path, format, UNet modules, text-encoder modules
+    ("lycoris_lokr/smart_falcon_4_lokr.safetensors", "comfy", 278, 72),
+    ("diffusers_attnproc/catundchat__stable-diffusion-v1.5-lora/pytorch_lora_weights.safetensors", "comfy", 128, 0),
+    ("diffusers_attnproc/Haseebae__Synthetic_dataset_generator_with_stable_diffusion/pytorch_lora_weights.safetensors",
+     "comfy", 128, 0),
+    ("diffusers/timohavdk__sd-lora/pytorch_lora_weights.safetensors", "diffusers", 128, 0),
+    ("cloneofsimo/analog_svd_rank4.safetensors", "cloneofsimo", 144, 48),
+    ("cloneofsimo/lora_disney.safetensors", "cloneofsimo", 144, 48),
+]
+
+
+@pytest.mark.parametrize("path, fmt, unet, te", APPLIES)
+def test_real_fixture_applies_every_module(sd15, apply, path, fmt, unet, te):
+    model, clip = sd15
+    lora = apply.load_lora_file(str(REAL_LORAS / path))
+    m, c, report = apply.apply_lora(model, clip, lora, path, 1.0, 1.0, "")
+    assert (report.format, report.model_modules, report.clip_modules) == (fmt, unet, te)
+    assert report.unused_keys == [] and report.misfits == [] and report.unmatched_patches == []
+    assert len(m.patches) == unet and len(c.patcher.patches) == te
+
+
+def test_cloneofsimo_embeddings_are_reported_not_dropped_silently(sd15, apply):
+    model, clip = sd15
+    lora = apply.load_lora_file(str(REAL_LORAS / "cloneofsimo" / "lora_disney.safetensors"))
+    _, _, report = apply.apply_lora(model, clip, lora, "disney", 1.0, 1.0, "")
+    text = report.text()
+    assert "<s1>: a textual-inversion embedding" in text and "<s2>: a textual-inversion embedding" in text
+    assert "converted 144 cloneofsimo UNet modules (module order attn1-ff-attn2)" in text
+
+
 @pytest.mark.parametrize("path, message", [
-    # core 0.3.75 turns these into 0 patches silently; here they are errors that say why
-    ("diffusers/timohavdk__sd-lora/pytorch_lora_weights.safetensors", "applies nothing"),
-    ("peft/anirudh-ak__peft-gpt2/adapter_model.safetensors", "another model family"),
-    ("cloneofsimo/lora_disney.pt", "only .safetensors"),
+    ("peft/anirudh-ak__peft-gpt2/adapter_model.safetensors", "PEFT base model: gpt2"),
+    ("cloneofsimo/lora_disney.pt", "is not a .safetensors file"),
     ("edge_cases/HK200202-hub__emojii/lora.safetensors", "Git LFS pointer"),
+    ("edge_cases/Srikanth1408__Stable_Diffusion-Hackathon/pytorch_lora_weights.safetensors", "truncated download"),
 ])
-def test_loras_that_cannot_apply_are_errors(sd15, apply, path, message):
+def test_real_fixtures_that_cannot_apply_say_why(sd15, apply, path, message):
     model, clip = sd15
     with pytest.raises(apply.LoraApplyError, match=message) as e:
         lora = apply.load_lora_file(str(REAL_LORAS / path))
         apply.apply_lora(model, clip, lora, path, 1.0, 1.0, "")
     assert path.split("/")[-1] in str(e.value) or path in str(e.value)
+
+
+def test_shape_misfits_are_reported_and_not_patched(comfy_host, apply):
+    """An SD1.5 LoRA on the two-level SD1.x model: names match, many shapes do not."""
+    model, clip, _ = load_checkpoint("workbench-sd15-tiny.safetensors")
+    lora = apply.load_lora_file(str(LOKR))
+    m, _, report = apply.apply_lora(model, clip, lora, "lokr", 1.0, 1.0, "")
+    assert report.misfits and report.model_modules > 0
+    misfit_keys = {k for k, _ in report.misfits}
+    assert not misfit_keys & set(m.patches)
+    assert "NOT applied because their shape does not fit" in report.text()
+    # every patch that was added computes without a shape error
+    for key in list(m.patches)[:20]:
+        assert apply.patch_misfit(key, m.patches[key][0][1], m.model.state_dict()[key].shape) is None
+
+
+def test_text_encoder_keys_without_clip_say_connect_clip(sd15, apply):
+    model, _ = sd15
+    lora = apply.load_lora_file(str(LOKR))
+    _, clip_out, report = apply.apply_lora(model, None, lora, "lokr", 1.0, 1.0, "TE=0.5")
+    assert clip_out is None and report.clip_modules == 0
+    text = report.text()
+    assert "text-encoder keys NOT applied: connect the clip input" in text
+    assert "TE=0.5 skipped: no text encoder is connected" in text
+
+
+def test_non_finite_strength_is_refused(sd15, apply):
+    model, clip = sd15
+    lora = apply.load_lora_file(str(LOKR))
+    with pytest.raises(apply.LoraApplyError, match="strength_model is nan"):
+        apply.apply_lora(model, clip, lora, "lokr", float("nan"), 1.0, "")
+
+
+def test_strength_zero_is_reported_as_nothing_applied(sd15, apply):
+    model, clip = sd15
+    lora = apply.load_lora_file(str(LOKR))
+    m, c, report = apply.apply_lora(model, clip, lora, "lokr", 0.0, 0.0, "")
+    assert m.patches == {} and c.patcher.patches == {}
+    assert "nothing applied: every module has strength 0" in report.text()
 
 
 def test_flux_double_and_single_block_ratios(comfy_host, apply):
@@ -134,7 +206,8 @@ def test_flux_double_and_single_block_ratios(comfy_host, apply):
         out_f, in_f = sd[weight_key].shape
         lora[f"{lora_key}.lora_up.weight"] = torch.randn(out_f, 2, generator=g)
         lora[f"{lora_key}.lora_down.weight"] = torch.randn(2, in_f, generator=g)
-    m, _, report = apply.apply_lora(flux, None, lora, "flux-test", 1.0, 1.0, "default=0.5, D*=1, S01-S02=0")
+    lora_file = apply.LoraFile("flux-test", lora, {}, None)
+    m, _, report = apply.apply_lora(flux, None, lora_file, "flux-test", 1.0, 1.0, "default=0.5, D*=1, S01-S02=0")
     ratio = {apply.block_of(k): p[0][0] for k, p in m.patches.items()}
     assert ratio["D00"] == ratio["D01"] == 1.0
     assert ratio["S00"] == ratio["IN"] == ratio["OUT"] == 0.5

@@ -91,3 +91,46 @@ def test_canonical_merges_runs_and_picks_the_common_default():
 def test_canonical_text_round_trips(partial):
     full = {b: partial.get(b, 1.0) for b in SD15_IDS}
     assert parse_spec(canonical_text(full), SD15_IDS).ratios == full
+
+
+def test_ids_are_case_insensitive_zero_padded_and_en_dash_ranges_work():
+    r = parse_spec("in4=0, te.CLIP_L=0.5, out3\u2013out5=2, m0=-1", SD15_IDS).ratios
+    assert r["IN04"] == 0 and r["TE.clip_l"] == 0.5 and r["M00"] == -1
+    assert r["OUT03"] == r["OUT04"] == r["OUT05"] == 2 and r["OUT06"] == 1
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("IN01=1_0", "is not a number"),
+    ("IN01=\u0661", "is not a number"),           # Arabic-Indic digit
+    ("IN01=\uff11", "is not a number"),           # full-width digit
+    ("IN01=1e309", "is not a number"),
+    ("IN01=101", "between -100 and 100"),
+    ("IN01=1\tIN02=0", "separate parts with commas"),
+    ("TE.clip_l=0.5, TE.clip_l=0", "given twice"),
+    ("default=0, default=1", "given twice"),
+    ("in04=1, IN4=0", "given twice"),
+])
+def test_strict_values_and_duplicate_selectors(text, fragment):
+    with pytest.raises(BlockSpecError, match=fragment):
+        parse_spec(text, SD15_IDS)
+
+
+def test_text_encoder_selector_without_text_encoder_is_a_note_not_an_error():
+    model_only = [b for b in SD15_IDS if not b.startswith("TE")]
+    spec = parse_spec("TE=0, OUT*=0.5", model_only)
+    assert spec.ratios["OUT03"] == 0.5
+    assert spec.notes == ("TE=0 skipped: no text encoder is connected",)
+
+
+def test_canonical_text_is_exact():
+    ratios = {b: 1.0 for b in SD15_IDS}
+    ratios["IN01"] = 0.1 + 0.2
+    ratios["IN02"] = 1.23456789
+    ratios["IN04"] = -0.0
+    text = canonical_text(ratios)
+    assert text == "default=1, IN01=0.30000000000000004, IN02=1.23456789, IN04=0"
+    assert parse_spec(text, SD15_IDS).ratios == ratios
+
+
+def test_block_of_reads_only_ascii_digits():
+    assert block_of("diffusion_model.input_blocks.\u0663.0.weight") == "OTHER"

@@ -76,6 +76,12 @@ def test_trailing_bytes_are_refused(tmp_path):
     ({"a": {"dtype": "Q4", "shape": [3], "data_offsets": [0, 3]}}, b"\0" * 3, "dtype 'Q4'"),
     ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, "invalid header entry"),
     ({"__metadata__": {"k": 1}}, b"", "__metadata__"),
+    ({"__metadata__": []}, b"", "__metadata__"),
+    ({"__metadata__": ""}, b"", "__metadata__"),
+    ({"a": {"dtype": [], "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "has dtype"),
+    ({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, "invalid header entry"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [False, 4]}}, b"\0" * 4, "invalid header entry"),
+    ({"a": {"dtype": "F32", "shape": [2**32, 2**32, 0], "data_offsets": [0, 0]}}, b"", "too large to address"),
 ])
 def test_corrupt_headers_name_the_tensor_and_problem(tmp_path, header, data, message):
     p = tmp_path / "bad.safetensors"
@@ -89,6 +95,8 @@ def test_corrupt_headers_name_the_tensor_and_problem(tmp_path, header, data, mes
     (b"<!DOCTYPE html><html><body>Sign in</body></html>", "HTML page"),
     (b"PK\x03\x04" + b"\0" * 40, "pickle"),
     (b"\x80\x02}q\x00(X" + b"\0" * 40, "pickle"),
+    (b'{"error": "model not found"}', "JSON document"),
+    (b"root:x:0:0:root:/root:/bin/bash\n", "text file"),
     (b"\x01\x02", "too small"),
     (b"\xff" * 8 + b"{}", "declares a"),
     (struct.pack("<Q", 5) + b"{nope", "not valid JSON"),
@@ -98,6 +106,36 @@ def test_other_formats_are_recognised(tmp_path, content, message):
     p.write_bytes(content)
     with pytest.raises(SafetensorsError, match=message):
         read_header(p)
+
+
+def test_duplicate_tensor_names_are_refused(tmp_path):
+    p = tmp_path / "dup.safetensors"
+    raw = b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    p.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4)
+    with pytest.raises(SafetensorsError, match="names tensor 'a' twice"):
+        read_header(p)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"[" * 100000 + b"]" * 100000, "nests too deeply"),
+    (b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,4]}}', "not valid JSON"),
+])
+def test_hostile_headers_give_safetensors_errors(tmp_path, raw, message):
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(SafetensorsError, match=message):
+        read_header(p)
+
+
+def test_directories_and_fifos_are_refused_without_blocking(tmp_path):
+    import os
+
+    with pytest.raises(SafetensorsError, match="is a directory"):
+        read_header(tmp_path)
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(SafetensorsError, match="not a regular file"):
+        read_header(fifo)
 
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.int8, torch.uint8, torch.int64]
