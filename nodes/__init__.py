@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from .block_info import WorkbenchLoraBlockInfo
 from .compat import ComfyExtension, io
 from .load_lora import WorkbenchLoadLora
+from .lora_stack import WorkbenchApplyLoraStack, WorkbenchLoraStack
 
-NODES: list[type[io.ComfyNode]] = [WorkbenchLoadLora]
+NODES: list[type[io.ComfyNode]] = [WorkbenchLoadLora, WorkbenchLoraStack, WorkbenchApplyLoraStack,
+                                   WorkbenchLoraBlockInfo]
 
 
 class LoraWorkbenchExtension(ComfyExtension):

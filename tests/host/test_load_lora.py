@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers.host_models import load_checkpoint, load_tiny_diffusion_model
+from helpers.patches import describe
 from helpers.paths import REAL_LORAS
 
 pytestmark = [pytest.mark.host,
@@ -25,18 +26,6 @@ def sd15(comfy_host):
 @pytest.fixture(scope="module")
 def apply(comfy_host):
     return comfy_host.pack.nodes.lora_apply
-
-
-def describe(patches: dict) -> dict:
-    """A patcher's patch lists with adapters reduced to their class and weights: tensors by
-    identity (both paths must reference the file's own tensors), other values by value."""
-
-    def weights(adapter):
-        ws = getattr(adapter, "weights", adapter[1] if isinstance(adapter, tuple) else ())
-        return tuple(("tensor", id(w)) if isinstance(w, torch.Tensor) else w for w in ws)
-
-    return {key: [(p[0], type(p[1]).__name__, weights(p[1]), p[2], p[3], p[4]) for p in plist]
-            for key, plist in patches.items()}
 
 
 def test_empty_spec_gives_exactly_the_core_lora_loader_patches(sd15, apply):

@@ -46,14 +46,25 @@ def test_node_schemas_match_the_golden_file(comfy_host):
     assert current == golden, "node schemas changed: see the module docstring"
 
 
-def test_golden_inputs_are_only_ever_appended(comfy_host):
-    """Against DESIGN.md's contract: the required input names, in order, per node."""
+# DESIGN.md's node catalogue: required inputs in order, optional inputs, output names.
+DESIGN = {
+    "WorkbenchLoadLora": (["model", "source", "strength_model", "strength_clip", "blocks"], ["clip"],
+                          ["MODEL", "CLIP", "report"]),
+    "WorkbenchLoraStack": (["loras"], ["lora_stack"], ["stack", "lora_stack"]),
+    "WorkbenchApplyLoraStack": (["model", "stack"], ["clip"], ["MODEL", "CLIP", "report"]),
+    "WorkbenchLoraBlockInfo": (["model", "source"], ["clip"], ["report", "plot"]),
+}
+
+
+def test_golden_file_follows_the_design_catalogue(comfy_host):
+    """Required inputs exactly as DESIGN.md lists them; optional ones may only be appended."""
     golden = json.loads(GOLDEN.read_text())
-    design = {"WorkbenchLoadLora": ["model", "source", "strength_model", "strength_clip", "blocks"]}
-    for node_id, names in design.items():
-        required = [i["name"] for i in golden[node_id]["inputs"] if i["section"] == "required"]
-        assert required == names
-        assert [i["name"] for i in golden[node_id]["inputs"] if i["section"] == "optional"][:1] == ["clip"]
+    for node_id, (required, optional, outputs) in DESIGN.items():
+        got_required = [i["name"] for i in golden[node_id]["inputs"] if i["section"] == "required"]
+        got_optional = [i["name"] for i in golden[node_id]["inputs"] if i["section"] == "optional"]
+        assert got_required == required, node_id
+        assert got_optional[: len(optional)] == optional, node_id
+        assert [o["name"] for o in golden[node_id]["outputs"]] == outputs, node_id
 
 
 def test_every_input_and_output_has_a_tooltip_and_every_node_a_description(comfy_host):

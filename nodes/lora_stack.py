@@ -1,0 +1,107 @@
+"""Nodes ``WorkbenchLoraStack`` (rows -> stack) and ``WorkbenchApplyLoraStack`` (stack -> model)."""
+
+from __future__ import annotations
+
+from ..lora_ops.stack import StackError, parse_rows, rows_from_lora_stack, to_lora_stack
+from .compat import inp, io, out, schema
+from .lora_apply import LoraApplyError, add_prepared, load_lora_file, prepare_lora
+from .sources import SourceError, file_fingerprint, resolve_local
+
+WorkbenchStack = io.Custom("WORKBENCH_LORA_STACK")
+LoraStack = io.Custom("LORA_STACK")
+
+ROWS_EXAMPLE = ('[{"on": true, "lora": "name.safetensors", "strength_model": 1.0, '
+                '"strength_clip": 1.0, "blocks": "OUT*=1, default=0"}]')
+
+
+class WorkbenchLoraStack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="WorkbenchLoraStack",
+            display_name="LoRA Stack (Workbench)",
+            category="LoRA Workbench",
+            description=("A list of LoRAs, each with model and CLIP strengths and a block spec, applied in "
+                         "order by Apply LoRA Stack. Accepts and produces the LORA_STACK type of other packs."),
+            inputs=[
+                inp(io.String, "loras", default="[]", multiline=True,
+                    tooltip="JSON list of rows, applied in order: " + ROWS_EXAMPLE + ". Missing keys take "
+                            "these defaults; unknown keys are kept."),
+                inp(LoraStack, "lora_stack", optional=True,
+                    tooltip="A LORA_STACK from another pack: its (name, strength_model, strength_clip) "
+                            "entries come first, before this node's rows."),
+            ],
+            outputs=[
+                out(WorkbenchStack, "stack", display_name="stack",
+                    tooltip="All rows (with block specs) for Apply LoRA Stack (Workbench)."),
+                # V3 ids must differ between inputs and outputs; the name users see is display_name.
+                out(LoraStack, "lora_stack_out", display_name="lora_stack",
+                    tooltip="The rows that are on as LORA_STACK (name, strength_model, strength_clip) for "
+                            "other packs; block specs do not travel in this type."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, loras, lora_stack=None):
+        try:
+            rows = rows_from_lora_stack(lora_stack) + parse_rows(loras)
+        except StackError:
+            return loras
+        return tuple(file_fingerprint("loras", r["lora"]) for r in rows if r["on"])
+
+    @classmethod
+    def execute(cls, loras, lora_stack=None) -> io.NodeOutput:
+        rows = rows_from_lora_stack(lora_stack) + parse_rows(loras)
+        for i, row in enumerate(rows, 1):
+            if row["on"]:
+                try:
+                    resolve_local("loras", row["lora"].strip())  # fail here, before any model work
+                except SourceError as e:
+                    raise StackError(f"row {i}: {e}") from None
+        return io.NodeOutput(rows, to_lora_stack(rows))
+
+
+class WorkbenchApplyLoraStack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="WorkbenchApplyLoraStack",
+            display_name="Apply LoRA Stack (Workbench)",
+            category="LoRA Workbench",
+            description=("Applies every row of a LoRA stack that is on, in order, with its strengths and block "
+                         "spec, on one copy of the model and text encoder; reports each LoRA."),
+            inputs=[
+                inp(io.Model, "model", tooltip="The diffusion model to apply the stack to."),
+                inp(WorkbenchStack, "stack", tooltip="Rows from LoRA Stack (Workbench)."),
+                inp(io.Clip, "clip", optional=True, tooltip="The text encoder to apply the stack to."),
+            ],
+            outputs=[
+                out(io.Model, "MODEL", display_name="MODEL", tooltip="The model with every LoRA of the stack."),
+                out(io.Clip, "CLIP", display_name="CLIP",
+                    tooltip="The text encoder with the stack (None when no clip was connected)."),
+                out(io.String, "report", display_name="report",
+                    tooltip="Per LoRA: what was applied per block, and what was not and why."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, stack, clip=None) -> io.NodeOutput:
+        prepared, lines = [], []
+        # Everything is checked before anything is patched: a bad row leaves no half-patched model.
+        for i, row in enumerate(stack, 1):
+            name = row["lora"].strip()
+            if not row["on"]:
+                lines.append(f"row {i}: {name or '(empty)'} is off")
+                continue
+            try:
+                lora = load_lora_file(resolve_local("loras", name))
+                p = prepare_lora(model, clip, lora, name, row["strength_model"], row["strength_clip"],
+                                 row["blocks"])
+            except (SourceError, LoraApplyError, ValueError) as e:  # ValueError: BlockSpecError too
+                raise StackError(f"row {i}: {e}") from None
+            prepared.append(p)
+            lines.append(f"row {i}: {p.report.text()}")
+        new_model, new_clip = add_prepared(model, clip, prepared)
+        if not prepared:
+            lines.append("no row is on: the model is unchanged")
+        return io.NodeOutput(new_model, new_clip, "\n".join(lines))
