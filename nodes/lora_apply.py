@@ -17,6 +17,8 @@ import logging
 import math
 import os
 import re
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import comfy.lora
@@ -149,14 +151,41 @@ def split_patch_key(key) -> tuple[str, tuple | None, object]:
     return key[0], key[1], (key[2] if len(key) > 2 else None)
 
 
+def _shape_signature(value):
+    """What a shape check of ``value`` can depend on: tensor shapes and dtypes, the
+    structure around them, and the adapter class; plain numbers do not matter."""
+    if isinstance(value, torch.Tensor):
+        return ("T", tuple(value.shape), value.dtype)
+    if isinstance(value, (list, tuple)):
+        return tuple(_shape_signature(v) for v in value)
+    if hasattr(value, "weights") and hasattr(value, "calculate_weight"):
+        return (type(value).__name__, _shape_signature(value.weights))
+    return value if isinstance(value, (str, type(None))) else "n"
+
+
+_MISFIT_MEMO: OrderedDict = OrderedDict()
+
+
 def patch_misfit(key, patch, weight_shape) -> str | None:
     """Why ``patch`` cannot be applied to a weight of ``weight_shape``, or None if it fits.
 
     Runs ComfyUI's own ``calculate_weight`` on the meta device (shapes only, no data, no
     memory), so every adapter type is checked by the code that will apply it; the host logs
-    a misfit rather than raising, so its warnings naming ``key`` are collected.
+    a misfit rather than raising, so its warnings naming ``key`` are collected. Results are
+    remembered per shape signature: a LoRA's many same-shaped modules are checked once.
     """
     base, offset, function = split_patch_key(key)
+    memo_key = (_shape_signature(patch), tuple(weight_shape), offset, function)
+    if memo_key in _MISFIT_MEMO:
+        return _MISFIT_MEMO[memo_key]
+    why = _patch_misfit(base, offset, function, patch, weight_shape)
+    _MISFIT_MEMO[memo_key] = why
+    if len(_MISFIT_MEMO) > 4096:
+        _MISFIT_MEMO.popitem(last=False)
+    return why
+
+
+def _patch_misfit(base, offset, function, patch, weight_shape) -> str | None:
     weight = torch.empty(weight_shape, dtype=torch.float32, device="meta")
     capture = _WarningCapture()
     root = logging.getLogger()
@@ -187,9 +216,13 @@ class LoraFile:
 
 @functools.lru_cache(maxsize=16)
 def _load_file(path: str, size: int, mtime_ns: int) -> LoraFile:
-    # Keyed by size and mtime too, so a replaced file is read again. Cached tensors are
-    # never modified: converters build new dicts and patches only reference them, and no
-    # float32 copies are made (ComfyUI casts per weight when it patches).
+    # Keyed by size and mtime too, so a replaced file is read (and validated) again. Cached
+    # tensors are never modified: converters build new dicts and patches only reference
+    # them, and no float32 copies are made (ComfyUI casts per weight when it patches).
+    try:
+        read_header(path)
+    except SafetensorsError as e:
+        raise LoraApplyError(str(e)) from None
     sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
     config_path = os.path.join(os.path.dirname(path), "adapter_config.json")
     peft_config = None
@@ -213,10 +246,6 @@ def load_lora_file(path: str) -> LoraFile:
         raise LoraApplyError(f"{path}: is not a .safetensors file. Only .safetensors LoRA files are loaded "
                              "(pickle formats such as .ckpt, .pt and .bin can run code when opened); use a "
                              ".safetensors release of this LoRA.")
-    try:
-        read_header(path)
-    except SafetensorsError as e:
-        raise LoraApplyError(str(e)) from None
     st = os.stat(path)
     return _load_file(os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
@@ -234,7 +263,7 @@ def _diffusers_unet_shapes(model) -> dict[str, tuple]:
 def _te_layers(clip) -> int | None:
     if clip is None:
         return None
-    layers = {int(m.group(1)) for k in clip.patcher.model.state_dict()
+    layers = {int(m.group(1)) for k in _structure(clip.cond_stage_model, False).shapes
               if (m := re.match(r"^clip_[lh]\.transformer\.text_model\.encoder\.layers\.(\d+)\.", k))}
     return max(layers) + 1 if layers else None
 
@@ -255,18 +284,6 @@ def to_core_format(lora: LoraFile, model, clip) -> Converted:
     return Converted(dict(lora.sd), "comfy", [])
 
 
-def model_block_ids(model, clip) -> list[str]:
-    """Every block id the MODEL (and CLIP, when given) has, counted from its weights.
-
-    Only the diffusion model's weights count on the model side: LoRA patches never target
-    the other entries of its state dict (``model_sampling`` buffers and the like).
-    """
-    ids = {block_of(k) for k in model.model.state_dict().keys() if k.startswith(MODEL_PREFIX)}
-    if clip is not None:
-        ids.update(block_of(k) for k in clip.patcher.model.state_dict().keys())
-    return sorted(ids, key=sort_key)
-
-
 @dataclass
 class PreparedLora:
     """One LoRA checked and grouped, ready to add: patch dicts per effective strength for
@@ -275,6 +292,139 @@ class PreparedLora:
     model_groups: dict[float, dict]
     clip_groups: dict[float, dict]
     report: ApplyReport
+
+
+@dataclass
+class MatchedLora:
+    """The strength-independent part of applying one LoRA file to one model/CLIP pair:
+    patches that fit (with their block ids and target), and what did not match and why."""
+
+    fitting: list[tuple[object, object, str, bool]]  # (patch key, patch, block id, is_model)
+    present: set[str]
+    block_ids: list[str]
+    format: str
+    notes: list[str]
+    unused: list[str]
+    te_unused: int
+    misfits: list[tuple[str, str]]
+    unmatched: list[str]
+    file_keys: int
+
+
+# One ComfyUI run re-executes LoRA nodes when only a strength or spec changed; the matching
+# (conversion, key maps, shape checks) depends only on the file and the model structure, so
+# it is kept per (file, model, clip) and checked against weak references on a hit, so that a
+# reused id() of a freed model can never return another model's result.
+_MATCH_CACHE: OrderedDict = OrderedDict()
+_MATCH_CACHE_SIZE = 32
+
+
+def _model_ids(model, clip) -> tuple:
+    return (id(model.model), id(clip.cond_stage_model) if clip is not None else None)
+
+
+def match_lora(model, clip, lora: LoraFile, name: str) -> MatchedLora:
+    """Match ``lora``'s patches to ``model``/``clip`` (cached; see above).
+
+    Raises :class:`LoraApplyError` for an empty file or a LoRA that matches no module.
+    """
+    cache_key = (id(lora), *_model_ids(model, clip))
+    hit = _MATCH_CACHE.get(cache_key)
+    if hit is not None:
+        refs, matched = hit
+        if refs[0]() is lora and refs[1]() is model.model and (clip is None or refs[2]() is clip.cond_stage_model):
+            _MATCH_CACHE.move_to_end(cache_key)
+            return matched
+    matched = _match_uncached(model, clip, lora, name)
+    refs = (weakref.ref(lora), weakref.ref(model.model),
+            weakref.ref(clip.cond_stage_model) if clip is not None else None)
+    _MATCH_CACHE[cache_key] = (refs, matched)
+    while len(_MATCH_CACHE) > _MATCH_CACHE_SIZE:
+        _MATCH_CACHE.popitem(last=False)
+    return matched
+
+
+@dataclass
+class _Structure:
+    """Per model (or text encoder): ComfyUI's LoRA key map, weight shapes and block ids."""
+
+    key_map: dict
+    shapes: dict
+    block_ids: set
+
+
+_STRUCTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure(module, is_model: bool) -> _Structure:
+    """Computed once per model object: every LoRA of a stack, and every re-run, reuses it."""
+    found = _STRUCTURES.get(module)
+    if found is None:
+        if is_model:
+            key_map = comfy.lora.model_lora_keys_unet(module, {})
+        else:
+            key_map = comfy.lora.model_lora_keys_clip(module, {})
+        shapes = {k: v.shape for k, v in module.state_dict().items()}
+        ids = {block_of(k) for k in shapes if not is_model or k.startswith(MODEL_PREFIX)}
+        found = _STRUCTURES[module] = _Structure(key_map, shapes, ids)
+    return found
+
+
+def _candidates(key_map: dict, lora_keys) -> dict:
+    """The entries of ``key_map`` that can match some key of the LoRA, in key-map order.
+
+    ``comfy.lora.load_lora`` tries every adapter on every key-map entry (thousands per
+    model); every name it consumes is ``<entry>.<suffix>`` or ``<entry>_lora.<suffix>``, so an
+    entry that is no such prefix of any LoRA key can never match. Filtering first gives the
+    same patches in a tenth of the time.
+    """
+    prefixes = set()
+    for k in lora_keys:
+        i = k.find(".")
+        while i != -1:
+            prefixes.add(k[:i])
+            i = k.find(".", i + 1)
+        j = k.find("_lora.")
+        if j != -1:
+            prefixes.add(k[:j])
+    return {x: v for x, v in key_map.items() if x in prefixes}
+
+
+def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
+    unet = _structure(model.model, True)
+    # The CLIP patcher's weights are the cond_stage_model's, under the same names.
+    te = _structure(clip.cond_stage_model, False) if clip is not None else _Structure({}, {}, set())
+    key_map = {**unet.key_map, **te.key_map}
+    converted = to_core_format(lora, model, clip)
+    if not converted.sd:
+        raise LoraApplyError(f"LoRA {name} has no tensors at all; the file is empty. Download it again.")
+    tracked = _ReadTracker(comfy.lora_convert.convert_lora(converted.sd))
+    patches = comfy.lora.load_lora(tracked, _candidates(key_map, tracked), log_missing=False)
+    unused = sorted(set(tracked) - tracked.read)
+    te_unused = sum(_looks_like_text_encoder(k) for k in unused) if clip is None else 0
+    if not patches:
+        sample = ", ".join(list(lora.sd)[:3])
+        hint = (" Its text-encoder keys need the clip input connected." if te_unused else
+                " It is probably made for another model family; use a LoRA trained for this model.")
+        raise LoraApplyError(
+            f"LoRA {name} applies nothing to this model: none of its {len(lora.sd)} keys "
+            f"(e.g. {sample}) match a module of the model.{hint}"
+            + "".join(f" ({note})" for note in converted.notes if "base model" in note))
+    model_shapes, clip_shapes = unet.shapes, te.shapes
+    matched = MatchedLora([], {block_of(k) for k in patches}, sorted(unet.block_ids | te.block_ids, key=sort_key),
+                          converted.format, converted.notes, unused, te_unused, [], [], len(lora.sd))
+    for key, patch in patches.items():
+        base = key[0] if isinstance(key, tuple) else key
+        shape = model_shapes.get(base) or clip_shapes.get(base)
+        if shape is None:
+            matched.unmatched.append(base)
+            continue
+        why = patch_misfit(key, patch, shape)
+        if why is not None:
+            matched.misfits.append((base, why))
+            continue
+        matched.fitting.append((key, patch, block_of(base), base in model_shapes))
+    return matched
 
 
 def prepare_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
@@ -288,60 +438,27 @@ def prepare_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
     for label, value in (("strength_model", strength_model), ("strength_clip", strength_clip)):
         if not math.isfinite(value):
             raise LoraApplyError(f"LoRA {name}: {label} is {value}; give a number between -100 and 100.")
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    if clip is not None:
-        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
-    converted = to_core_format(lora, model, clip)
-    if not converted.sd:
-        raise LoraApplyError(f"LoRA {name} has no tensors at all; the file is empty. Download it again.")
-    tracked = _ReadTracker(comfy.lora_convert.convert_lora(converted.sd))
-    patches = comfy.lora.load_lora(tracked, key_map, log_missing=False)
-    unused = sorted(set(tracked) - tracked.read)
-    te_unused = sum(_looks_like_text_encoder(k) for k in unused) if clip is None else 0
-    if not patches:
-        sample = ", ".join(list(lora.sd)[:3])
-        hint = (" Its text-encoder keys need the clip input connected." if te_unused else
-                " It is probably made for another model family; use a LoRA trained for this model.")
-        raise LoraApplyError(
-            f"LoRA {name} applies nothing to this model: none of its {len(lora.sd)} keys "
-            f"(e.g. {sample}) match a module of the model.{hint}"
-            + "".join(f" ({note})" for note in converted.notes if "base model" in note))
-
-    present = {block_of(k) for k in patches}
-    spec: BlockSpec = parse_spec(spec_text, model_block_ids(model, clip), present)
-    model_sd = model.model.state_dict()
-    clip_sd = clip.patcher.model.state_dict() if clip is not None else {}
-    report = ApplyReport(name, len(lora.sd), spec.canonical(), strength_model, strength_clip,
-                         format=converted.format, notes=[*converted.notes, *spec.notes],
-                         unused_keys=unused, text_encoder_keys_without_clip=te_unused)
+    m = match_lora(model, clip, lora, name)
+    spec: BlockSpec = parse_spec(spec_text, m.block_ids, m.present)
+    report = ApplyReport(name, m.file_keys, spec.canonical(), strength_model, strength_clip,
+                         format=m.format, notes=[*m.notes, *spec.notes], unused_keys=m.unused,
+                         text_encoder_keys_without_clip=m.te_unused, misfits=list(m.misfits),
+                         unmatched_patches=list(m.unmatched))
     prepared = PreparedLora({}, {}, report)
-    for key, patch in patches.items():
-        base = key[0] if isinstance(key, tuple) else key
-        if base in model_sd:
-            sd, groups, strength = model_sd, prepared.model_groups, strength_model
-        elif base in clip_sd:
-            sd, groups, strength = clip_sd, prepared.clip_groups, strength_clip
-        else:
-            report.unmatched_patches.append(base)
-            continue
-        why = patch_misfit(key, patch, sd[base].shape)
-        if why is not None:
-            report.misfits.append((base, why))
-            continue
-        bid = block_of(base)
+    for key, patch, bid, is_model in m.fitting:
         ratio = spec.ratio(bid)
-        effective = strength * ratio
+        effective = (strength_model if is_model else strength_clip) * ratio
         if effective == 0:
             report.zero_modules += 1
             continue
-        if groups is prepared.model_groups:
+        if is_model:
             report.model_modules += 1
         else:
             report.clip_modules += 1
         report.modules_per_block[bid] = report.modules_per_block.get(bid, 0) + 1
         report.ratio_per_block[bid] = ratio
-        groups.setdefault(effective, {})[key] = patch
-    if report.misfits and report.applied == 0 and report.zero_modules == 0:
+        (prepared.model_groups if is_model else prepared.clip_groups).setdefault(effective, {})[key] = patch
+    if report.misfits and not m.fitting:
         raise LoraApplyError(f"LoRA {name} fits nothing in this model: {report.text()}")
     return prepared
 
