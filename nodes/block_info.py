@@ -8,6 +8,7 @@ import torch
 from ..lora_ops.blocks import block_of, sort_key
 from ..lora_ops.plot import heat_strip
 from .compat import inp, io, out, schema
+from .load_lora import lora_source_input
 from .lora_apply import load_lora_file, prepare_lora, split_patch_key
 from .sources import file_fingerprint, resolve_local
 
@@ -43,8 +44,7 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
                          "to help choose a block spec."),
             inputs=[
                 inp(io.Model, "model", tooltip="The model the LoRA is meant for."),
-                inp(io.String, "source", default="",
-                    tooltip="The LoRA: a file name in the loras folder (as the core LoRA loader lists it)."),
+                lora_source_input(),
                 inp(io.Clip, "clip", optional=True, tooltip="The text encoder, to include its blocks."),
             ],
             outputs=[

@@ -7,6 +7,12 @@ from .lora_apply import apply_lora, load_lora_file
 from .sources import file_fingerprint, resolve_local
 
 
+def lora_source_input() -> io.Input:
+    """The ``source`` input of the nodes that read one LoRA file."""
+    return inp(io.String, "source", default="",
+               tooltip="The LoRA: a file name in the loras folder (as the core LoRA loader lists it).")
+
+
 class WorkbenchLoadLora(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -19,8 +25,7 @@ class WorkbenchLoadLora(io.ComfyNode):
                          "ComfyUI reads works, and reports what was applied and what was not."),
             inputs=[
                 inp(io.Model, "model", tooltip="The diffusion model to apply the LoRA to."),
-                inp(io.String, "source", default="",
-                    tooltip="The LoRA: a file name in the loras folder (as the core LoRA loader lists it)."),
+                lora_source_input(),
                 inp(io.Float, "strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
                     tooltip="How strongly the LoRA changes the diffusion model; may be negative."),
                 inp(io.Float, "strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01,

@@ -17,17 +17,6 @@ pytestmark = [pytest.mark.host,
 LOKR = REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"
 
 
-@pytest.fixture(scope="module")
-def sd15(comfy_host):
-    model, clip, _ = load_checkpoint("workbench-sd15.safetensors")
-    return model, clip
-
-
-@pytest.fixture(scope="module")
-def apply(comfy_host):
-    return comfy_host.pack.nodes.lora_apply
-
-
 def test_empty_spec_gives_exactly_the_core_lora_loader_patches(sd15, apply):
     import comfy.sd
 

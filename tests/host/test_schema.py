@@ -75,3 +75,12 @@ def test_every_input_and_output_has_a_tooltip_and_every_node_a_description(comfy
         assert s.description, s.node_id
         assert all(i.tooltip for i in s.inputs), s.node_id
         assert all(o.tooltip for o in s.outputs), s.node_id
+
+
+def test_every_node_has_a_help_page(comfy_host):
+    from lora_workbench.nodes import NODES
+
+    for cls in NODES:
+        page = REPO / "web" / "docs" / f"{cls.GET_SCHEMA().node_id}.md"
+        text = page.read_text()
+        assert text.startswith("# ") and "## Inputs" in text and "## Outputs" in text and "## Common errors" in text

@@ -21,19 +21,6 @@ ATTNPROC = "real/diffusers_attnproc/catundchat__stable-diffusion-v1.5-lora/pytor
 DIFFUSERS = "real/diffusers/timohavdk__sd-lora/pytorch_lora_weights.safetensors"
 
 
-@pytest.fixture(scope="module")
-def sd15(comfy_host):
-    model, clip, _ = load_checkpoint("workbench-sd15.safetensors")
-    return model, clip
-
-
-@pytest.fixture(scope="module")
-def nodes(comfy_host):
-    import lora_workbench.nodes as n  # the pack as the in-process host imported it
-
-    return n
-
-
 def stack_rows(nodes, rows, lora_stack=None):
     return nodes.WorkbenchLoraStack.execute(json.dumps(rows), lora_stack).args
 
