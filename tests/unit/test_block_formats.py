@@ -141,3 +141,31 @@ def test_bad_imported_specs_name_the_problem(text, ids, fragment):
         parse_spec(text, ids, present)
     assert fragment in str(e.value)
     assert "Valid block ids for this model" in str(e.value)
+
+
+def _model_for(layout):
+    if any(x.startswith("D") for x in layout):
+        return FLUX
+    return SDXL if "OUT11" not in layout and len(layout) in (12, 20, 21) else SD15
+
+
+@pytest.mark.parametrize("name", sorted(A1111_PRESETS) + sorted(n for n, v in INSPIRE_PRESETS.items() if "R" not in v))
+def test_every_shipped_preset_puts_each_value_on_its_slot_id(name):
+    from lora_ops.block_formats import INSPIRE_LAYOUTS, INSPIRE_LETTERS
+
+    tool_a1111 = name in A1111_PRESETS
+    vector = (A1111_PRESETS if tool_a1111 else INSPIRE_PRESETS)[name]
+    values = parse_values(vector, True)
+    layout = (A1111_LAYOUTS if tool_a1111 else INSPIRE_LAYOUTS)[len(values)]
+    ids = _model_for(layout)
+    r = parse_spec(name, ids).ratios
+    te_value = values[0]
+    for slot, v in zip(layout, values, strict=True):
+        if slot in ("BASE", "CLIP"):
+            assert r["TE.clip_l"] == v, (name, slot)
+        elif slot == "T5":
+            assert r["TE.t5xxl"] == v, (name, slot)
+        else:
+            assert r[slot] == v, (name, slot)
+    assert r["TE.clip_l"] == te_value
+    assert set(INSPIRE_LETTERS) >= {c for c in vector if c.isalpha()} - {"e"}
