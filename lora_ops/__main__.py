@@ -1,4 +1,9 @@
-"""Command line: ``python -m lora_ops inspect FILE...``.
+"""Command line: ``python -m lora_ops inspect FILE...`` and ``python -m lora_ops extract``.
+
+``extract BASE TUNED -o OUT (--rank R | --target-error E | --sv-fro T | --sv-ratio T |
+--sv-cumulative T)`` extracts ``TUNED - BASE`` as a LoRA (see :mod:`lora_ops.extract`),
+with a progress bar and the per-block summary table; exit status 1 with one line saying why
+when the inputs cannot give a LoRA.
 
 ``inspect`` validates each file's safetensors structure (see
 :func:`lora_ops.safetensors_io.read_header`) and prints its size, tensor count, parameters,
@@ -37,15 +42,66 @@ def _inspect(paths: list[str]) -> int:
     return status
 
 
+def _extract(args) -> int:
+    from tqdm import tqdm
+
+    from .extract import ExtractError, Options, extract_files, plan_files
+
+    policy, value = next((name, v) for name, v in (
+        ("rank", args.rank), ("target_error", args.target_error), ("sv_fro", args.sv_fro),
+        ("sv_ratio", args.sv_ratio), ("sv_cumulative", args.sv_cumulative)) if v is not None)
+    max_rank = args.max_rank or (int(value) if policy == "rank" else 128)
+    opts = Options(policy=policy, value=value, max_rank=max_rank,
+                   algorithm="exact" if args.exact else "randomized", oversample=args.oversample,
+                   niter=args.niter, seed=args.seed, dtype=args.dtype, device=args.device,
+                   text_encoders=not args.no_text_encoders)
+    try:
+        opts.check()
+        plan = plan_files(args.base, args.tuned, opts.text_encoders)
+        print(plan.summary(max_rank, opts.oversample, opts.niter))
+        if args.plan_only:
+            return 0
+        with tqdm(total=len(plan.layers), unit="layer", desc="extracting") as bar:
+            def progress(done, total, name):
+                bar.update(done - bar.n)
+
+            result = extract_files(args.base, args.tuned, args.output, opts, progress)
+    except (ExtractError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(result.report())
+    print(f"written: {result.path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lora_ops", description="LoRA Workbench engine")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="validate safetensors files and summarise them")
     p.add_argument("files", nargs="+", help="paths of .safetensors files")
+    e = sub.add_parser("extract", help="extract a LoRA from two checkpoints (TUNED - BASE)")
+    e.add_argument("base", help="the original checkpoint (.safetensors)")
+    e.add_argument("tuned", help="the fine-tuned checkpoint (.safetensors)")
+    e.add_argument("-o", "--output", required=True, help="the LoRA file to write")
+    how = e.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rank", type=int, help="fixed rank for every layer")
+    how.add_argument("--target-error", type=float, help="smallest rank with relative Frobenius error <= E")
+    how.add_argument("--sv-fro", type=float, help="kohya sv_fro: fraction of the Frobenius norm kept")
+    how.add_argument("--sv-ratio", type=float, help="kohya sv_ratio: keep values above s_max / T")
+    how.add_argument("--sv-cumulative", type=float, help="kohya sv_cumulative: fraction of the nuclear norm")
+    e.add_argument("--max-rank", type=int, help="cap for every policy (default: --rank, else 128)")
+    e.add_argument("--exact", action="store_true", help="exact economical SVD instead of randomized")
+    e.add_argument("--niter", type=int, default=2, help="power iterations of the randomized SVD (default 2)")
+    e.add_argument("--oversample", type=int, default=8, help="extra columns of the randomized SVD (default 8)")
+    e.add_argument("--seed", type=int, default=0, help="seed, combined with each layer's name (default 0)")
+    e.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16", help="dtype of the factors")
+    e.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    e.add_argument("--no-text-encoders", action="store_true", help="leave the text encoders out")
+    e.add_argument("--plan-only", action="store_true", help="print the plan and stop")
     args = ap.parse_args(argv)
     if args.command == "inspect":
         return _inspect(args.files)
-    return 2  # argparse has already rejected unknown commands
+    return _extract(args)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,35 @@ def heat_strip(labels: list[str], values: list[float], title: str, counts: list[
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba(), dtype=np.float32) / 255.0
     return np.ascontiguousarray(rgba[..., :3])
+
+
+def retained_energy_plot(curves: dict[str, list[float]], title: str, chosen_rank: int | None = None) -> np.ndarray:
+    """Retained energy (fraction of ||dW||_F^2, 0..1) against rank, one line per block.
+
+    ``curves``: block id -> retained energy at rank 1, 2, ... (in display order). Returns an
+    RGB float32 array (height, width, 3) in [0, 1], 900 x 400 px.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.08, 0.13, 0.7, 0.78))
+    cmap = colormaps["viridis"]
+    n = max(len(curves), 1)
+    for i, (block, ys) in enumerate(curves.items()):
+        ax.plot(range(1, len(ys) + 1), ys, color=cmap(i / max(n - 1, 1)), linewidth=1.2, label=block)
+    if chosen_rank:
+        ax.axvline(chosen_rank, color="0.4", linestyle="--", linewidth=0.8)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("rank", fontsize=8)
+    ax.set_ylabel("retained energy", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=6, ncol=2 if n > 14 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba(), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(rgba[..., :3])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from .block_info import WorkbenchLoraBlockInfo
 from .compat import ComfyExtension, io
+from .extract import WorkbenchExtractLora, WorkbenchExtractLoraFromModels
 from .load_lora import WorkbenchLoadLora
 from .lora_stack import WorkbenchApplyLoraStack, WorkbenchLoraStack
 
 NODES: list[type[io.ComfyNode]] = [WorkbenchLoadLora, WorkbenchLoraStack, WorkbenchApplyLoraStack,
-                                   WorkbenchLoraBlockInfo]
+                                   WorkbenchLoraBlockInfo, WorkbenchExtractLora, WorkbenchExtractLoraFromModels]
 
 
 class LoraWorkbenchExtension(ComfyExtension):

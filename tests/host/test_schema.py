@@ -53,6 +53,9 @@ DESIGN = {
     "WorkbenchLoraStack": (["loras"], ["lora_stack"], ["stack", "lora_stack"]),
     "WorkbenchApplyLoraStack": (["model", "stack"], ["clip"], ["MODEL", "CLIP", "report"]),
     "WorkbenchLoraBlockInfo": (["model", "source"], ["clip"], ["report", "plot"]),
+    "WorkbenchExtractLora": (["base", "tuned", "rank", "filename_prefix"], [], ["lora_name", "report", "plot"]),
+    "WorkbenchExtractLoraFromModels": (["model_base", "model_tuned", "rank", "filename_prefix"],
+                                       ["clip_base", "clip_tuned"], ["lora_name", "report", "plot"]),
 }
 
 

@@ -1,0 +1,237 @@
+"""Which layers of two checkpoints form a LoRA, and under which names: the extraction plan.
+
+Keys are normalised from the layouts checkpoints use (``model.diffusion_model.``,
+``diffusion_model.``, bare diffusion-model files, ``cond_stage_model.``,
+``conditioner.embedders.N.``, ``text_encoders.<name>.``) to a component and a key:
+
+=======================  ==========================================  ==============
+component                file prefixes                               output prefix
+=======================  ==========================================  ==============
+``unet``                 model.diffusion_model., diffusion_model.,   ``lora_unet_`` (SD1.x, SD2.x,
+                         bare DiT keys                               SDXL, Flux), else
+                                                                     ``diffusion_model.``
+``te1`` (CLIP-L, HF)     cond_stage_model.transformer.,              ``lora_te_`` (SD1.x) /
+                         conditioner.embedders.0.transformer.,       ``lora_te1_`` (SDXL, Flux)
+                         text_encoders.clip_l.transformer.
+``te2`` (open_clip G)    conditioner.embedders.1.model.              ``lora_te2_``
+``teH`` (open_clip H)    cond_stage_model.model.                     ``lora_te_`` (SD2.x)
+=======================  ==========================================  ==============
+
+Kohya names are what A1111-family loaders, kohya's tools and ComfyUI all read; the UNet
+keeps its SGM (LDM) names (``lora_unet_input_blocks_4_1_...``), as kohya writes for SDXL
+and as ComfyUI and A1111 map for SD1.x too. Text encoders cover the attention and MLP
+linears (the modules LoRA loaders map); open_clip's fused ``attn.in_proj_weight`` is split
+into q, k and v by thirds, as ComfyUI's own checkpoint converter does, and ``c_fc``/``c_proj``
+become ``fc1``/``fc2``. The VAE is never part of a LoRA.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .blocks import MODEL_PREFIX, block_of
+
+
+class PlanError(ValueError):
+    """Two files that cannot give a LoRA (nothing to pair, different model families)."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One matrix to factorise: ``name`` (output module name), file keys in base and tuned,
+    ``rows`` (a row slice ``(start, stop)`` of a fused weight, or None), the 2-D or conv
+    ``shape`` after slicing, and the ``block`` id it belongs to."""
+
+    name: str
+    base_key: str
+    tuned_key: str
+    rows: tuple[int, int] | None
+    shape: tuple[int, ...]
+    block: str
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        return self.shape[0], math.prod(self.shape[1:])
+
+
+@dataclass
+class Plan:
+    """What an extraction will do, computed from the two headers before any heavy work."""
+
+    family: str
+    layers: list[Layer]
+    only_in_base: list[str] = field(default_factory=list)
+    only_in_tuned: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    not_extracted: list[str] = field(default_factory=list)
+    dtypes: dict[str, set] = field(default_factory=dict)
+
+    def flops(self, rank: int, oversample: int, niter: int) -> float:
+        """Estimated floating-point work of randomized extraction at ``rank``."""
+        return sum((4 + 4 * niter) * m * n * min(rank + oversample, m, n)
+                   for m, n in (layer.matrix_shape for layer in self.layers))
+
+    def output_bytes(self, rank: int, bytes_per_value: int = 2) -> int:
+        """Size of the LoRA at ``rank`` (a layer whose factors would outgrow it stores the full difference)."""
+        total = 0
+        for layer in self.layers:
+            m, n = layer.matrix_shape
+            r = min(rank, m, n)
+            total += min(r * (m + n), m * n) * bytes_per_value
+        return total
+
+    def summary(self, rank: int, oversample: int, niter: int) -> str:
+        lines = [f"model family: {self.family}; {len(self.layers)} layers to factorise; "
+                 f"about {self.flops(rank, oversample, niter) / 1e9:.0f} GFLOP at rank {rank}, "
+                 f"output about {self.output_bytes(rank) / 2**20:.0f} MiB"]
+        for label, items in (("only in base", self.only_in_base), ("only in tuned", self.only_in_tuned)):
+            if items:
+                lines.append(f"{len(items)} weights {label} (skipped): {', '.join(items[:5])}"
+                             + (" ..." if len(items) > 5 else ""))
+        if self.mismatched:
+            shown = ", ".join(f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched[:5])
+            lines.append(f"{len(self.mismatched)} weights with different shapes (skipped, not factorised): {shown}")
+        dts = ", ".join(f"{side}: {'/'.join(sorted(d))}" for side, d in self.dtypes.items())
+        lines.append(f"dtypes {dts}")
+        return "\n".join(lines)
+
+
+_COMPONENTS = [
+    ("model.diffusion_model.", "unet"),
+    ("diffusion_model.", "unet"),
+    ("cond_stage_model.transformer.", "te1"),
+    ("conditioner.embedders.0.transformer.", "te1"),
+    ("text_encoders.clip_l.transformer.", "te1"),
+    ("conditioner.embedders.1.model.", "te2"),
+    ("cond_stage_model.model.", "teH"),
+    ("first_stage_model.", "vae"),
+    ("vae.", "vae"),
+]
+_BARE_DIT = re.compile(r"^(double_blocks|single_blocks|joint_blocks|img_in|txt_in|time_in|vector_in|guidance_in|"
+                       r"final_layer|transformer_blocks|blocks|layers|x_embedder|context_embedder)\.")
+_HF_LINEAR = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])\.weight$")
+_OPENCLIP = re.compile(r"^transformer\.resblocks\.(\d+)\.(attn\.in_proj_weight|attn\.out_proj\.weight|"
+                       r"mlp\.c_fc\.weight|mlp\.c_proj\.weight)$")
+_OPENCLIP_NAMES = {"attn.out_proj.weight": "self_attn_out_proj", "mlp.c_fc.weight": "mlp_fc1",
+                   "mlp.c_proj.weight": "mlp_fc2"}
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """``(component, key inside it)`` for a checkpoint key, or None for what is not a model part."""
+    for prefix, comp in _COMPONENTS:
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            if comp == "te1" and rest.startswith("encoder."):  # older SD1 checkpoints lack text_model.
+                rest = "text_model." + rest
+            return comp, rest
+    if _BARE_DIT.match(key):
+        return "unet", key
+    return None
+
+
+def detect_family(parts: dict[str, dict[str, tuple]]) -> str:
+    """``sd1``, ``sd2``, ``sdxl``, ``flux``, ``sd3`` or ``dit`` from the keys and shapes of one file."""
+    unet = parts.get("unet", {})
+    if any(k.startswith("double_blocks.") for k in unet):
+        return "flux"
+    if any(k.startswith("joint_blocks.") for k in unet):
+        return "sd3"
+    if any(k.startswith("input_blocks.") for k in unet):
+        if "te2" in parts or any(k.startswith("label_emb.") for k in unet):
+            return "sdxl"
+        if "teH" in parts:
+            return "sd2"
+        ctx = [s[1] for k, s in unet.items() if k.endswith("attn2.to_k.weight")]
+        return "sd2" if ctx and ctx[0] == 1024 else "sd1"
+    if unet:
+        return "dit"
+    raise PlanError("no diffusion-model weights found (is this a VAE, text encoder or LoRA file?)")
+
+
+def _te_prefix(family: str, comp: str) -> str:
+    if comp == "te2":
+        return "lora_te2_"
+    if family in ("sdxl", "flux") and comp == "te1":
+        return "lora_te1_"
+    return "lora_te_"
+
+
+def layers_for(family: str, comp: str, key: str, shape: tuple) -> list[tuple[str, tuple | None, tuple, str]]:
+    """Output module name, row slice, shape and block id of each matrix in one weight ([] if none)."""
+    if len(shape) < 2:
+        return []
+    if comp == "unet":
+        module = key[: -len(".weight")] if key.endswith(".weight") else key
+        if not key.endswith(".weight"):
+            return []
+        name = ("lora_unet_" + module.replace(".", "_") if family in ("sd1", "sd2", "sdxl", "flux")
+                else MODEL_PREFIX + module)
+        return [(name, None, tuple(shape), block_of(MODEL_PREFIX + key))]
+    te_block = {"te1": "TE.clip_l", "te2": "TE.clip_g", "teH": "TE.clip_h"}[comp]
+    prefix = _te_prefix(family, comp)
+    m = _HF_LINEAR.match(key)
+    if m:
+        return [(f"{prefix}text_model_encoder_layers_{m.group(1)}_{m.group(2).replace('.', '_')}", None,
+                 tuple(shape), te_block)]
+    m = _OPENCLIP.match(key)
+    if m:
+        base = f"{prefix}text_model_encoder_layers_{m.group(1)}_"
+        if m.group(2) == "attn.in_proj_weight":
+            third = shape[0] // 3
+            return [(f"{base}self_attn_{p}_proj", (i * third, (i + 1) * third), (third, shape[1]), te_block)
+                    for i, p in enumerate("qkv")]
+        return [(base + _OPENCLIP_NAMES[m.group(2)], None, tuple(shape), te_block)]
+    return []
+
+
+def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str, tuple[str, tuple]],
+              text_encoders: bool = True) -> Plan:
+    """Pair the weights of two files by normalised name and shape.
+
+    ``*_header``: file key -> (dtype name, shape), e.g. from
+    :func:`lora_ops.safetensors_io.read_header`. Raises :class:`PlanError` when the files are
+    of different model families or share no diffusion-model layer.
+    """
+    def parts(header):
+        out: dict[str, dict[str, tuple]] = {}
+        keys: dict[tuple[str, str], str] = {}
+        for key, (_, shape) in header.items():
+            sk = split_key(key)
+            if sk is not None and sk[0] != "vae":
+                out.setdefault(sk[0], {})[sk[1]] = tuple(shape)
+                keys[sk] = key
+        return out, keys
+
+    base_parts, base_keys = parts(base_header)
+    tuned_parts, tuned_keys = parts(tuned_header)
+    fam_b, fam_t = detect_family(base_parts), detect_family(tuned_parts)
+    if fam_b != fam_t:
+        raise PlanError(f"the two files are of different model families: base is {fam_b}, tuned is {fam_t}. "
+                        "Extract from a fine-tune and the model it was trained from")
+    plan = Plan(fam_b, [], dtypes={"base": {d for d, _ in base_header.values()},
+                                   "tuned": {d for d, _ in tuned_header.values()}})
+    for sk in sorted(set(base_keys) | set(tuned_keys)):
+        comp, key = sk
+        if comp != "unet" and not text_encoders:
+            continue
+        if sk not in tuned_keys:
+            plan.only_in_base.append(base_keys[sk])
+            continue
+        if sk not in base_keys:
+            plan.only_in_tuned.append(tuned_keys[sk])
+            continue
+        sb, st = base_parts[comp][key], tuned_parts[comp][key]
+        if sb != st:
+            plan.mismatched.append((tuned_keys[sk], sb, st))
+            continue
+        found = layers_for(fam_b, comp, key, sb)
+        if not found and len(sb) >= 2:
+            plan.not_extracted.append(tuned_keys[sk])
+        for name, rows, shape, block in found:
+            plan.layers.append(Layer(name, base_keys[sk], tuned_keys[sk], rows, shape, block))
+    if not any(not layer.block.startswith("TE") for layer in plan.layers):
+        raise PlanError("the two files share no diffusion-model layer of the same name and shape, so there is "
+                        "nothing to extract. Check that both are checkpoints of the same model")
+    return plan

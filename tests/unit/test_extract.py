@@ -1,0 +1,204 @@
+"""Extraction engine on files (no ComfyUI): the generated SD1.x checkpoint plus known
+low-rank changes in linear, 1x1 and 3x3 conv and text-encoder layers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from helpers.paths import MODELS, REPO
+from lora_ops.extract import Cancelled, ExtractError, Options, extract_files, plan_files
+from lora_ops.extract_plan import make_plan
+
+BASE = MODELS / "workbench-sd15-tiny.safetensors"
+UNET, TE = "model.diffusion_model.", "cond_stage_model.transformer.text_model.encoder.layers."
+CHANGED = {
+    UNET + "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight":
+        "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q",
+    UNET + "middle_block.1.proj_in.weight": "lora_unet_middle_block_1_proj_in",
+    UNET + "output_blocks.0.0.in_layers.2.weight": "lora_unet_output_blocks_0_0_in_layers_2",  # 3x3 conv
+    UNET + "output_blocks.0.0.skip_connection.weight": "lora_unet_output_blocks_0_0_skip_connection",  # 1x1 conv
+    TE + "3.self_attn.v_proj.weight": "lora_te_text_model_encoder_layers_3_self_attn_v_proj",
+    TE + "11.mlp.fc2.weight": "lora_te_text_model_encoder_layers_11_mlp_fc2",
+}
+
+
+@pytest.fixture(scope="module")
+def base_sd():
+    return load_file(str(BASE))
+
+
+def make_tuned(base_sd, path, rank=4, dtype=torch.float32, extra=None):
+    """base + a rank-`rank` change in each CHANGED weight, saved in float32 so the change
+    stays exactly low-rank; returns the changes."""
+    g = torch.Generator().manual_seed(rank)
+    tuned, deltas = dict(base_sd), {}
+    for key in CHANGED:
+        w = base_sd[key].float()
+        m, n = w.shape[0], w[0].numel()
+        d = (torch.randn(m, rank, generator=g) @ torch.randn(rank, n, generator=g)).reshape(w.shape) * 0.01
+        tuned[key] = (w + d).to(dtype)
+        deltas[key] = tuned[key].float() - w
+    tuned.update(extra or {})
+    save_file(tuned, str(path))
+    return deltas
+
+
+def test_extraction_recovers_known_low_rank_changes_in_every_layer_kind(base_sd, tmp_path):
+    deltas = make_tuned(base_sd, tmp_path / "tuned.safetensors")
+    out = tmp_path / "loras" / "x.safetensors"
+    r = extract_files(str(BASE), str(tmp_path / "tuned.safetensors"), str(out), Options(value=4, max_rank=4))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.safetensors"]  # no temporary file left
+    changed = {s.name: s for s in r.layers if s.rank}
+    assert set(changed) == set(CHANGED.values())
+    with safe_open(str(out), "pt") as f:
+        keys = set(f.keys())
+        for key, name in CHANGED.items():
+            up, down = f.get_tensor(f"{name}.lora_up.weight"), f.get_tensor(f"{name}.lora_down.weight")
+            assert up.dtype == down.dtype == torch.float16 and float(f.get_tensor(f"{name}.alpha")) == 4.0
+            w = base_sd[key]
+            assert down.shape == (4, *w.shape[1:]) and up.shape == (w.shape[0], 4, *([1] * (w.ndim - 2)))
+            recon = (up.float().flatten(1) @ down.float().flatten(1)).reshape(w.shape)
+            err = float(torch.linalg.norm(recon - deltas[key]) / torch.linalg.norm(deltas[key]))
+            assert err < 2e-3, (name, err)  # fp16 factors
+            # the reported error of an exactly rank-4 change: fp32 rounding of the energy sums
+            assert changed[name].error < 2e-3
+        meta = f.metadata()
+    assert len(keys) == 3 * len(CHANGED)
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "4"
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["workbench.base_sha256"] == hashlib.sha256(BASE.read_bytes()).hexdigest()
+    assert json.loads(meta["workbench.algorithm"])["clamp"] is None
+    assert set(json.loads(meta["workbench.layers"])) == set(CHANGED.values())
+    report = r.report()
+    assert "6 layers extracted" in report and "worst layers" in report and "M00" in report
+
+
+def test_large_rank_stores_a_full_difference_where_smaller(base_sd, tmp_path):
+    make_tuned(base_sd, tmp_path / "t.safetensors")
+    out = tmp_path / "full.safetensors"
+    r = extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=400, max_rank=400))
+    full = {s.name for s in r.layers if s.rank == -1}
+    # 320x320 proj_in: 400 * 640 >= 320 * 320, stored whole; 3x3 conv 320x5760 is not
+    assert "lora_unet_middle_block_1_proj_in" in full
+    with safe_open(str(out), "pt") as f:
+        assert "lora_unet_middle_block_1_proj_in.diff" in f.keys()
+
+
+def test_plan_reports_mismatches_and_one_sided_keys(base_sd, tmp_path):
+    tuned = dict(base_sd)
+    key = "model.diffusion_model.middle_block.1.proj_out.weight"
+    tuned[key] = torch.zeros(tuned[key].shape[0], tuned[key].shape[1] + 1, dtype=torch.float16)
+    tuned["model.diffusion_model.extra_layer.weight"] = torch.zeros(4, 4, dtype=torch.float16)
+    del tuned["model.diffusion_model.out.2.weight"]
+    save_file(tuned, str(tmp_path / "t.safetensors"))
+    plan = plan_files(str(BASE), str(tmp_path / "t.safetensors"))
+    assert [k for k, _, _ in plan.mismatched] == [key]
+    assert plan.only_in_tuned == ["model.diffusion_model.extra_layer.weight"]
+    assert plan.only_in_base == ["model.diffusion_model.out.2.weight"]
+    assert all(layer.tuned_key != key for layer in plan.layers)
+    assert "with different shapes (skipped, not factorised)" in plan.summary(8, 8, 2)
+
+
+def write_bad(path, content: bytes):
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp, sd: tmp / "flux.safetensors", "different model families"),
+    (lambda tmp, sd: write_bad(tmp / "t.safetensors", BASE.read_bytes()[:100000]), "truncated download"),
+    (lambda tmp, sd: write_bad(tmp / "t.ckpt", b"PK\x03\x04" + b"\0" * 100), "is not a .safetensors file"),
+    (lambda tmp, sd: write_bad(tmp / "t.safetensors", b"PK\x03\x04" + b"\0" * 100), "pickle"),
+])
+def test_bad_inputs_give_clear_errors_and_no_file(base_sd, tmp_path, make, message):
+    if "flux" in message or message == "different model families":
+        (tmp_path / "flux.safetensors").symlink_to(MODELS / "workbench-flux-tiny.safetensors")
+    tuned = make(tmp_path, base_sd)
+    out = tmp_path / "out" / "x.safetensors"
+    with pytest.raises(ExtractError, match=message):
+        extract_files(str(BASE), str(tuned), str(out), Options(value=4, max_rank=4))
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_non_finite_difference_names_its_key_and_writes_nothing(base_sd, tmp_path):
+    key = "model.diffusion_model.middle_block.1.proj_in.weight"
+    bad = base_sd[key].clone()
+    bad[0, 0] = float("inf")
+    make_tuned(base_sd, tmp_path / "t.safetensors", extra={key: bad})
+    out = tmp_path / "o" / "x.safetensors"
+    with pytest.raises(ExtractError, match=f"{key}: the difference has non-finite values"):
+        extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=4, max_rank=4))
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_identical_files_are_an_error(tmp_path):
+    with pytest.raises(ExtractError, match="identical weights"):
+        extract_files(str(BASE), str(BASE), str(tmp_path / "x.safetensors"), Options(value=4, max_rank=4))
+
+
+def test_cancel_between_layers_leaves_nothing(base_sd, tmp_path):
+    make_tuned(base_sd, tmp_path / "t.safetensors")
+
+    def stop(done, total, name):
+        if done > 20:
+            raise Cancelled()
+
+    out = tmp_path / "o" / "x.safetensors"
+    with pytest.raises(Cancelled):
+        extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=4, max_rank=4), stop)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def header(keys):
+    return {k: ("F16", s) for k, s in keys.items()}
+
+
+def test_open_clip_q_k_v_are_split_by_thirds_and_families_detected():
+    unet = {"model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
+            "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)}
+    sd2 = {**unet, "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": (3072, 1024),
+           "cond_stage_model.model.transformer.resblocks.0.mlp.c_fc.weight": (4096, 1024)}
+    plan = make_plan(header(sd2), header(sd2))
+    assert plan.family == "sd2"
+    te = {layer.name: (layer.rows, layer.shape) for layer in plan.layers if layer.block == "TE.clip_h"}
+    assert te == {"lora_te_text_model_encoder_layers_0_self_attn_q_proj": ((0, 1024), (1024, 1024)),
+                  "lora_te_text_model_encoder_layers_0_self_attn_k_proj": ((1024, 2048), (1024, 1024)),
+                  "lora_te_text_model_encoder_layers_0_self_attn_v_proj": ((2048, 3072), (1024, 1024)),
+                  "lora_te_text_model_encoder_layers_0_mlp_fc1": (None, (4096, 1024))}
+    sdxl = {"model.diffusion_model.label_emb.0.0.weight": (1280, 2816), **unet,
+            "conditioner.embedders.1.model.transformer.resblocks.0.attn.out_proj.weight": (1280, 1280),
+            "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight": (768, 768)}
+    plan = make_plan(header(sdxl), header(sdxl))
+    assert plan.family == "sdxl"
+    assert {layer.name for layer in plan.layers if layer.block.startswith("TE")} == {
+        "lora_te2_text_model_encoder_layers_0_self_attn_out_proj",
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"}
+    flux = {"double_blocks.0.img_attn.qkv.weight": (9216, 3072), "single_blocks.0.linear1.weight": (21504, 3072)}
+    plan = make_plan(header(flux), header({f"model.diffusion_model.{k}": v for k, v in flux.items()}))
+    assert plan.family == "flux"
+    assert {layer.name for layer in plan.layers} == {"lora_unet_double_blocks_0_img_attn_qkv",
+                                                     "lora_unet_single_blocks_0_linear1"}
+
+
+def test_cli_extract_prints_the_table_and_exit_codes(base_sd, tmp_path):
+    make_tuned(base_sd, tmp_path / "t.safetensors")
+    out = tmp_path / "cli.safetensors"
+    r = subprocess.run([sys.executable, "-m", "lora_ops", "extract", str(BASE), str(tmp_path / "t.safetensors"),
+                        "-o", str(out), "--target-error", "0.01", "--max-rank", "16"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "6 layers extracted" in r.stdout and "rank 4-4" in r.stdout and out.exists()
+    r = subprocess.run([sys.executable, "-m", "lora_ops", "extract", str(BASE), str(BASE), "-o", str(out),
+                        "--rank", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "identical weights" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "lora_ops", "extract", str(BASE), str(BASE), "-o", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
