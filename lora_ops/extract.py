@@ -207,35 +207,58 @@ class TensorSource:
         return None
 
 
+_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                 "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
+                 "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
 class FileSource(TensorSource):
-    """A .safetensors checkpoint, validated (complete file, no pickle) and memory-mapped."""
+    """A .safetensors checkpoint, validated (complete file, no pickle) before anything else.
+
+    Tensors are read with ``os.pread`` into their own buffers, one at a time, rather than
+    through a memory map: a map leaves every page it touched counted in the process's
+    resident memory, which for two checkpoints is their whole size.
+    """
 
     def __init__(self, path: str):
         if not str(path).lower().endswith((".safetensors", ".sft")):
             raise ExtractError(f"{path}: is not a .safetensors file; pickle checkpoints (.ckpt, .pt) can run code "
                                "when opened. Convert it to .safetensors in a trusted environment first")
         try:
-            h = read_header(path)
+            self._h = read_header(path)
         except SafetensorsError as e:
             raise ExtractError(str(e)) from None
         self.path = self.label = str(path)
-        self._header = {k: (t.dtype, t.shape) for k, t in h.tensors.items()}
-        self._file = None
+        self._fd = None
 
     def header(self):
-        return self._header
+        return {k: (t.dtype, t.shape) for k, t in self._h.tensors.items()}
 
     def __enter__(self):
-        self._file = safe_open(self.path, "pt")
-        self._file.__enter__()
+        self._fd = os.open(self.path, os.O_RDONLY)
         return self
 
     def __exit__(self, *exc):
-        self._file.__exit__(*exc)
-        self._file = None
+        os.close(self._fd)
+        self._fd = None
 
     def get_tensor(self, key):
-        return self._file.get_tensor(key)
+        info = self._h.tensors[key]
+        dtype = _TORCH_DTYPES.get(info.dtype)
+        if dtype is None:
+            raise ExtractError(f"{self.path}: tensor {key} has dtype {info.dtype}, which extraction cannot read; "
+                               "convert the checkpoint to fp16, bf16 or fp32")
+        buf = bytearray(info.nbytes)
+        view, offset = memoryview(buf), self._h.data_start + info.begin
+        while view:
+            got = os.preadv(self._fd, [view], offset)
+            if got <= 0:
+                raise ExtractError(f"{self.path}: the file ended while reading {key}; was it changed during "
+                                   "extraction? Run again")
+            view, offset = view[got:], offset + got
+        if not info.nbytes:
+            return torch.empty(info.shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
 
 def _sha256(path: str, out: dict) -> None:
@@ -323,21 +346,28 @@ def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts
             while i + len(chunk) < total and len(chunk) < limit and order[i + len(chunk)].matrix_shape == shape:
                 chunk.append(order[i + len(chunk)])
             t0 = time.perf_counter()
-            diffs = [_difference(fb, ft, layer, base, tuned) for layer in chunk]
-            changed = [(layer, d) for layer, d in zip(chunk, diffs, strict=True) if d is not None]
-            for layer, d in zip(chunk, diffs, strict=True):
+            # One buffer for the batch, filled difference by difference: no second copy.
+            a = torch.empty((len(chunk), *shape), dtype=torch.float32)
+            kept: list[Layer] = []
+            for layer in chunk:
+                d = _difference(fb, ft, layer, base, tuned)
                 if d is None:
                     stats.append(LayerStats(layer.name, layer.block, shape, 0, 0.0, 1.0, 0.0, 0.0))
-            if changed:
-                a = torch.stack([d for _, d in changed])
+                    continue
+                a[len(kept)].copy_(d)
+                kept.append(layer)
+                del d
+            if kept:
+                a = a[: len(kept)]
                 try:
-                    f = _factorise(a, [layer for layer, _ in changed], opts, device)
+                    f = _factorise(a, kept, opts, device)
                 except torch.OutOfMemoryError:
-                    f = _factorise(a, [layer for layer, _ in changed], opts, torch.device("cpu"))
-                seconds = (time.perf_counter() - t0) / len(changed)
-                for j, (layer, d) in enumerate(changed):
-                    stats.append(_store(layer, d, f, j, opts, out_dtype, tensors, expected, seconds))
-            del diffs, changed
+                    f = _factorise(a, kept, opts, torch.device("cpu"))
+                seconds = (time.perf_counter() - t0) / len(kept)
+                for j, layer in enumerate(kept):
+                    stats.append(_store(layer, a[j], f, j, opts, out_dtype, tensors, expected, seconds))
+                del f
+            del a
             i += len(chunk)
             done += len(chunk)
             if progress is not None:
@@ -379,7 +409,7 @@ def _store(layer: Layer, d: torch.Tensor, f: Factors, j: int, opts: Options, out
     if rank * (m + n) >= m * n:
         # The factors would be larger than the difference itself: store it whole (exact).
         tensors[f"{layer.name}.diff"] = d.reshape(layer.shape).to(out_dtype).contiguous()
-        expected[f"{layer.name}.diff"] = (d, None)
+        expected[f"{layer.name}.diff"] = (d.clone(), None)
         return LayerStats(layer.name, layer.block, (m, n), -1, 0.0, 1.0, math.sqrt(energy), seconds, spectrum)
     root = s[:rank].sqrt()
     up = (f.U[j][:, :rank].cpu() * root).contiguous()

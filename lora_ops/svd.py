@@ -65,7 +65,7 @@ def randomized_svd(a: torch.Tensor, k: int, oversample: int, niter: int,
     small = q.transpose(1, 2) @ a  # (B, l, n)
     ub, s, vh = torch.linalg.svd(small, full_matrices=False)
     u = q @ ub
-    energy = a.double().square().sum(dim=(1, 2))
+    energy = _energy(a)
     if transposed:
         u, vh = vh.transpose(1, 2), u.transpose(1, 2)
     return Factors(u, s, vh, energy)
@@ -74,7 +74,12 @@ def randomized_svd(a: torch.Tensor, k: int, oversample: int, niter: int,
 def exact_svd(a: torch.Tensor) -> Factors:
     """Economical SVD of every matrix of ``a`` (B, m, n), float32 (never full_matrices)."""
     u, s, vh = torch.linalg.svd(a, full_matrices=False)
-    return Factors(u, s, vh, a.double().square().sum(dim=(1, 2)))
+    return Factors(u, s, vh, _energy(a))
+
+
+def _energy(a: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm of each matrix (float64), without a float64 copy of the batch."""
+    return torch.linalg.vector_norm(a, dim=(1, 2)).double().square()
 
 
 def relative_errors(s: torch.Tensor, energy: float) -> list[float]:

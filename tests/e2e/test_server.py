@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+from safetensors import safe_open
 
 from helpers.api import PromptFailed, run_prompt
 from helpers.paths import REAL_LORAS
@@ -110,8 +111,6 @@ def test_stack_of_two_real_loras_changes_exactly_the_selected_blocks(server):
     the base checkpoint in exactly the modules the two specs select."""
     import json as _json
 
-    from safetensors import safe_open
-
     from helpers.paths import MODELS
     from lora_ops.blocks import block_of
 
@@ -154,3 +153,37 @@ def test_stack_of_two_real_loras_changes_exactly_the_selected_blocks(server):
                     changed[bid] = changed.get(bid, 0) + 1
     assert changed == expected
     saved.unlink()  # 3.4 GB
+
+
+@pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")
+def test_extract_then_load_the_result_and_sample(server):
+    """Merge a real LoRA and save the checkpoint (core nodes), extract it back with
+    WorkbenchExtractLora, load the result with WorkbenchLoadLora and sample one step."""
+    save = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "workbench-sd15.safetensors"}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": ATTNPROC,
+                                                     "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "CheckpointSave", "inputs": {"model": ["2", 0], "clip": ["2", 1], "vae": ["1", 2],
+                                                         "filename_prefix": "tuned/attnproc"}},
+    }
+    run_prompt(server.url, save)
+    saved = next((server.base / "output" / "tuned").glob("attnproc_*.safetensors"))
+    link = server.base / "models" / "checkpoints" / "tuned_attnproc.safetensors"
+    link.symlink_to(saved)
+    try:
+        prompt = sample_prompt("placeholder")
+        prompt["11"] = {"class_type": "WorkbenchExtractLora",
+                        "inputs": {"base": "workbench-sd15.safetensors", "tuned": "tuned_attnproc.safetensors",
+                                   "rank": 4, "filename_prefix": "extracted/e2e"}}
+        prompt["2"]["inputs"]["source"] = ["11", 0]
+        prompt["6"]["inputs"]["steps"] = 1
+        entry = run_prompt(server.url, prompt)
+    finally:
+        link.unlink()
+        saved.unlink()
+    assert len(entry["outputs"]["8"]["images"]) == 1
+    made = list((server.base / "models" / "loras" / "extracted").glob("e2e_*_.safetensors"))
+    assert len(made) == 1
+    with safe_open(str(made[0]), "pt") as f:
+        assert len([k for k in f.keys() if k.endswith(".alpha")]) == 128
+    assert server.pack_failures() == []
