@@ -66,6 +66,7 @@ class Plan:
     only_in_tuned: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     not_extracted: list[str] = field(default_factory=list)
+    vectors: int = 0
     dtypes: dict[str, set] = field(default_factory=dict)
 
     def flops(self, rank: int, oversample: int, niter: int) -> float:
@@ -90,6 +91,13 @@ class Plan:
             if items:
                 lines.append(f"{len(items)} weights {label} (skipped): {', '.join(items[:5])}"
                              + (" ..." if len(items) > 5 else ""))
+        if self.vectors:
+            lines.append(f"{self.vectors} 1-D weights (biases, norm scales) are not part of a LoRA and are not "
+                         "extracted")
+        if self.not_extracted:
+            lines.append(f"{len(self.not_extracted)} weights no LoRA loader maps (embeddings, projections) are not "
+                         f"extracted: {', '.join(self.not_extracted[:5])}" + (" ..." if len(self.not_extracted) > 5
+                                                                             else ""))
         if self.mismatched:
             shown = ", ".join(f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched[:5])
             lines.append(f"{len(self.mismatched)} weights with different shapes (skipped, not factorised): {shown}")
@@ -197,8 +205,10 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
     def parts(header):
         out: dict[str, dict[str, tuple]] = {}
         keys: dict[tuple[str, str], str] = {}
+        # A file in which no key has a checkpoint prefix is a bare diffusion model.
+        bare = not any(split_key(k) is not None and not _BARE_DIT.match(k) for k in header)
         for key, (_, shape) in header.items():
-            sk = split_key(key)
+            sk = ("unet", key) if bare else split_key(key)
             if sk is not None and sk[0] != "vae":
                 out.setdefault(sk[0], {})[sk[1]] = tuple(shape)
                 keys[sk] = key
@@ -227,8 +237,11 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
             plan.mismatched.append((tuned_keys[sk], sb, st))
             continue
         found = layers_for(fam_b, comp, key, sb)
-        if not found and len(sb) >= 2:
-            plan.not_extracted.append(tuned_keys[sk])
+        if not found:
+            if len(sb) >= 2:
+                plan.not_extracted.append(tuned_keys[sk])
+            else:
+                plan.vectors += 1
         for name, rows, shape, block in found:
             plan.layers.append(Layer(name, base_keys[sk], tuned_keys[sk], rows, shape, block))
     if not any(not layer.block.startswith("TE") for layer in plan.layers):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.logcheck import pack_failures
 from helpers.paths import COMFYUI, HOST_ENV, MODELS, PACK_NAME, REAL_LORAS, REPO
 
 
@@ -123,26 +124,8 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def pack_failures(self) -> list[str]:
-        """Log lines that show this pack failing: tracebacks through its files, import
-        failures of its folder, or warnings naming it (the host's own torchaudio tracebacks,
-        for example, do not count)."""
-        lines = self.log().splitlines()
-        ours = (f"{REPO}/", "custom_nodes/lora-workbench")
-        bad = []
-        for i, line in enumerate(lines):
-            if "IMPORT FAILED" in line and "lora-workbench" in line:
-                bad.append(line)
-            elif line.startswith("Traceback"):
-                block = []
-                for follow in lines[i + 1:]:
-                    block.append(follow)
-                    if not follow.startswith(" "):
-                        break
-                if any(o in b for b in block for o in ours):
-                    bad.append("\n".join([line, *block]))
-            elif any(o in line for o in ours) and ("Cannot import" in line or "Error" in line):
-                bad.append(line)
-        return bad
+        """This pack's failures in the server log (see :func:`helpers.logcheck.pack_failures`)."""
+        return pack_failures(self.log(), REPO)
 
     def stop(self) -> None:
         self.proc.terminate()

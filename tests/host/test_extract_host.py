@@ -5,6 +5,7 @@ saved by its own CheckpointSave."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,28 @@ def test_extract_node_from_files_saves_in_the_loras_folder(comfy_host, nodes, tu
     assert "model family: sd1" in report and "128 layers extracted" in report
     with pytest.raises(ValueError, match="is not in the checkpoints folder"):
         nodes.WorkbenchExtractLora.execute("workbench-sd15.safetensors", "missing.safetensors", 8, "x")
+
+
+def test_cancel_stops_between_layers_and_leaves_no_file(comfy_host, nodes, tmp_path):
+    """ComfyUI's Cancel (interrupt flag) is honoured by the extraction node's progress hook."""
+    import comfy.model_management
+    import folder_paths
+    from safetensors.torch import load_file, save_file
+
+    base = MODELS / "workbench-sd15-tiny.safetensors"
+    tuned = dict(load_file(str(base)))
+    key = "model.diffusion_model.middle_block.1.proj_in.weight"
+    tuned[key] = tuned[key] + 0.01
+    target = comfy_host.base / "models" / "checkpoints" / "tiny_tuned_for_cancel.safetensors"
+    save_file(tuned, str(target))
+    loras = folder_paths.get_folder_paths("loras")[0]
+    before = sorted(str(p) for p in (Path(loras)).rglob("*"))
+    comfy.model_management.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            nodes.WorkbenchExtractLora.execute("workbench-sd15-tiny.safetensors", "tiny_tuned_for_cancel.safetensors",
+                                               4, "extracted/cancelled")
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+        target.unlink()
+    assert sorted(str(p) for p in (Path(loras)).rglob("*")) == before

@@ -202,3 +202,32 @@ def test_cli_extract_prints_the_table_and_exit_codes(base_sd, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lora_ops", "extract", str(BASE), str(BASE), "-o", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
+
+
+def test_other_dit_families_get_comfy_dotted_names_and_3d_convolutions_work(tmp_path):
+    """A bare diffusion-model file of a family without kohya names (here a Wan-like DiT with
+    a 3-D patch embedding): ComfyUI's dotted names, conv3d factors shaped for its loader."""
+    g = torch.Generator().manual_seed(4)
+    base = {"blocks.0.self_attn.q.weight": torch.randn(64, 64, generator=g),
+            "patch_embedding.weight": torch.randn(32, 16, 1, 2, 2, generator=g),
+            "blocks.0.norm.weight": torch.ones(64)}
+    d_q = torch.randn(64, 3, generator=g) @ torch.randn(3, 64, generator=g)
+    d_p = (torch.randn(32, 3, generator=g) @ torch.randn(3, 64, generator=g)).reshape(32, 16, 1, 2, 2)
+    tuned = {**base, "blocks.0.self_attn.q.weight": base["blocks.0.self_attn.q.weight"] + d_q,
+             "patch_embedding.weight": base["patch_embedding.weight"] + d_p,
+             "blocks.0.norm.weight": torch.full((64,), 1.5)}
+    save_file(base, str(tmp_path / "b.safetensors"))
+    save_file(tuned, str(tmp_path / "t.safetensors"))
+    out = tmp_path / "x.safetensors"
+    r = extract_files(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), str(out),
+                      Options(value=3, max_rank=3))
+    assert r.plan.family == "dit"
+    with safe_open(str(out), "pt") as f:
+        assert sorted(f.keys()) == sorted(
+            f"diffusion_model.{m}.{p}" for m in ("blocks.0.self_attn.q", "patch_embedding")
+            for p in ("alpha", "lora_down.weight", "lora_up.weight"))
+        down = f.get_tensor("diffusion_model.patch_embedding.lora_down.weight")
+        up = f.get_tensor("diffusion_model.patch_embedding.lora_up.weight")
+    assert down.shape == (3, 16, 1, 2, 2) and up.shape == (32, 3, 1, 1, 1)
+    recon = (up.float().flatten(1) @ down.float().flatten(1)).reshape(d_p.shape)
+    assert float(torch.linalg.norm(recon - d_p) / torch.linalg.norm(d_p)) < 2e-3
