@@ -261,11 +261,18 @@ class FileSource(TensorSource):
         return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
 
-def _sha256(path: str, out: dict) -> None:
+def _sha256(path: str, out: dict, stop: threading.Event) -> None:
+    """SHA-256 of a file into ``out[path]``, read in 8 MiB chunks; gives up when ``stop`` is
+    set (the extraction failed or was cancelled) or the file cannot be read."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 * 2**20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(8 * 2**20), b""):
+                if stop.is_set():
+                    return
+                h.update(chunk)
+    except OSError:
+        return
     out[path] = h.hexdigest()
 
 
@@ -320,12 +327,22 @@ def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts
     opts.check()
     t_start = time.perf_counter()
     plan = plan_sources(base_src, tuned_src, opts.text_encoders)
-    base, tuned = base_src.label, tuned_src.label
     hashes: dict[str, str] = {}
-    hashers = [threading.Thread(target=_sha256, args=(p, hashes), daemon=True)
+    stop_hashing = threading.Event()
+    hashers = [threading.Thread(target=_sha256, args=(p, hashes, stop_hashing), daemon=True)
                for p in (base_src.path, tuned_src.path) if p]
     for t in hashers:
         t.start()
+    try:
+        return _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, hashes, hashers, t_start)
+    finally:
+        stop_hashing.set()  # no-op after success: both hashes are in by then
+        for t in hashers:
+            t.join()
+
+
+def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, hashes, hashers, t_start) -> Result:
+    base, tuned = base_src.label, tuned_src.label
     device = _device(opts.device)
     out_dtype = DTYPES[opts.dtype]
     tensors: dict[str, torch.Tensor] = {}
