@@ -24,55 +24,13 @@ import math
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COMFYUI = REPO / ".host" / "env" / "ComfyUI"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import REPO, PeakRss, start_host
+
 BASE = REPO / ".host" / "models" / "workbench-sd15.safetensors"
-
-
-class PeakRss:
-    """Highest resident memory of this process while the block runs (MiB), sampled in a thread."""
-
-    def __enter__(self):
-        import psutil
-
-        self._p = psutil.Process()
-        self.start = self.peak = self._p.memory_info().rss
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._p.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-
-    @property
-    def above_mib(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-
-def start_host(base_dir: Path):
-    sys.path.insert(0, str(COMFYUI))
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    comfy.cli_args.args.base_directory = str(base_dir)
-    for sub in ("models/checkpoints", "models/loras", "output"):
-        (base_dir / sub).mkdir(parents=True, exist_ok=True)
-    import torch
-
-    torch.set_grad_enabled(False)
 
 
 def make_tuned(path: Path) -> None:
@@ -151,7 +109,7 @@ def optimum(tuned: str, keys: list[str], rank: int) -> list[float]:
 
 
 def run_core(tmp: Path, tuned: str, rank: int) -> dict:
-    start_host(tmp / "core")
+    start_host(base_dir=tmp / "core")
     import folder_paths
     import nodes as core_nodes
     from comfy_extras.nodes_lora_extract import LoraSave
@@ -159,7 +117,7 @@ def run_core(tmp: Path, tuned: str, rank: int) -> dict:
 
     (tmp / "core" / "models" / "checkpoints" / "base.safetensors").symlink_to(BASE)
     (tmp / "core" / "models" / "checkpoints" / "tuned.safetensors").symlink_to(tuned)
-    with PeakRss() as peak:
+    with PeakRss(0.01) as peak:
         t0 = time.perf_counter()
         loader = core_nodes.CheckpointLoaderSimple()
         base_m = loader.load_checkpoint("base.safetensors")[0]
@@ -176,7 +134,7 @@ def run_pack(tmp: Path, tuned: str, rank: int) -> dict:
     from lora_ops.extract import Options, extract_files
 
     path = tmp / "pack.safetensors"
-    with PeakRss() as peak:
+    with PeakRss(0.01) as peak:
         t0 = time.perf_counter()
         result = extract_files(str(BASE), tuned, str(path), Options(value=rank, max_rank=rank, text_encoders=False))
         seconds = time.perf_counter() - t0
@@ -211,7 +169,7 @@ def main() -> int:
                 return 1
             results[side] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{side}: {results[side]['seconds']:.1f} s", flush=True)
-        start_host(tmp / "measure")
+        start_host(base_dir=tmp / "measure")
         keys = sample_keys()
         best = optimum(str(tmp / "tuned.safetensors"), keys, args.rank)
 

@@ -25,72 +25,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COMFYUI = REPO / ".host" / "env" / "ComfyUI"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import REPO, PeakRss, rss_mib, start_host
+
 CHECKPOINT = REPO / ".host" / "models" / "workbench-sd15.safetensors"
 SPECS = ["", "default=1, IN04-IN08=0.5", "OUT09-OUT11=0", "MIDD", "default=0.8, M00=1.2", "OUTALL",
          "IN*=0, TE=0.5", "default=1, OUT03-OUT05=0.7"]
-
-
-class PeakRss:
-    """Samples this process's resident memory every 2 ms in a thread; ``peak_mb`` is the
-    highest value seen while running, in MiB."""
-
-    def __enter__(self):
-        import psutil
-
-        self._proc = psutil.Process()
-        self.peak = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / 2**20
-
-
-def rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def start_host(lora_dir: Path):
-    sys.path.insert(0, str(COMFYUI))
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    import folder_paths
-    import torch
-
-    torch.set_grad_enabled(False)
-    folder_paths.add_model_folder_path("loras", str(lora_dir), is_default=True)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("lora_workbench", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["lora_workbench"] = pack
-    spec.loader.exec_module(pack)
-    import lora_workbench.nodes  # noqa: F401
 
 
 def make_loras(lora_dir: Path) -> list[str]:
@@ -123,13 +66,13 @@ def make_loras(lora_dir: Path) -> list[str]:
 
 
 def run_side(side: str, lora_dir: Path, names: list[str]) -> dict:
-    start_host(lora_dir)
+    start_host(lora_dir=lora_dir, load_pack=True)
     import comfy.sd
     import lora_workbench.nodes as pack
     import nodes as core_nodes
 
     model, clip = comfy.sd.load_checkpoint_guess_config(str(CHECKPOINT), output_vae=False)[:2]
-    base_rss = rss_mb()
+    base_rss = rss_mib()
 
     if side == "core":
         loaders = [core_nodes.LoraLoader() for _ in names]
@@ -147,7 +90,7 @@ def run_side(side: str, lora_dir: Path, names: list[str]) -> dict:
             return pack.WorkbenchApplyLoraStack.execute(model, stack, clip).args[0]
 
     strengths = [0.5] * len(names)
-    with PeakRss() as peak:
+    with PeakRss(0.002) as peak:
         t0 = time.perf_counter()
         patched = apply(strengths)
         t_apply = time.perf_counter() - t0
@@ -159,7 +102,7 @@ def run_side(side: str, lora_dir: Path, names: list[str]) -> dict:
     t0 = time.perf_counter()
     apply(strengths)
     t_rerun = time.perf_counter() - t0
-    return {"apply": t_apply, "patch": t_patch, "rerun": t_rerun, "peak_mb": peak.peak_mb - base_rss,
+    return {"apply": t_apply, "patch": t_patch, "rerun": t_rerun, "peak_mb": peak.peak_mib - base_rss,
             "patched_weights": len(patched.patches)}
 
 
@@ -171,7 +114,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs per side (best time is kept)")
     args = ap.parse_args()
     if args.make_loras:
-        start_host(Path(args.make_loras))
+        start_host(lora_dir=Path(args.make_loras), load_pack=True)
         make_loras(Path(args.make_loras))
         return 0
     if args.side:
