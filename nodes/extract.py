@@ -31,6 +31,15 @@ def resolve_checkpoint(source: str) -> str:
             raise first from None
 
 
+def _file_key(source: str) -> tuple:
+    try:
+        path = resolve_checkpoint(source.strip())
+        st = os.stat(path)
+    except (SourceError, OSError):
+        return (source,)
+    return (path, st.st_size, st.st_mtime_ns)
+
+
 def output_path(filename_prefix: str) -> tuple[str, str]:
     """(absolute path, name relative to the loras folder) for a new LoRA, numbered like
     ComfyUI's own savers (``prefix_00001_.safetensors``); the prefix cannot leave the folder."""
@@ -133,6 +142,11 @@ class WorkbenchExtractLora(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, base, tuned, **kwargs):
+        # A checkpoint replaced on disk under the same name must be extracted again.
+        return tuple(_file_key(s) for s in (base, tuned)) + tuple(sorted(kwargs.items()))
 
     @classmethod
     def execute(cls, base, tuned, rank, filename_prefix, rank_policy="rank", policy_value=0.1,
