@@ -1,4 +1,7 @@
-"""Command line: ``python -m lora_ops inspect FILE...`` and ``python -m lora_ops extract``.
+"""Command line: ``python -m lora_ops inspect|hash FILE...`` and ``python -m lora_ops extract``.
+
+``hash`` prints SHA-256, AutoV1, AutoV2, AutoV3 and CRC32 as Civitai computes them
+(:mod:`lora_ops.hashing`).
 
 ``extract BASE TUNED -o OUT (--rank R | --target-error E | --sv-fro T | --sv-ratio T |
 --sv-cumulative T)`` extracts ``TUNED - BASE`` as a LoRA (see :mod:`lora_ops.extract`),
@@ -74,11 +77,29 @@ def _extract(args) -> int:
     return 0
 
 
+def _hash(paths: list[str]) -> int:
+    from .hashing import file_hashes
+
+    status = 0
+    for path in paths:
+        try:
+            h = file_hashes(path)
+        except OSError as e:
+            print(f"ERROR {path}: {e.strerror or e}")
+            status = 1
+            continue
+        print(f"{path}: size {h.size} SHA256 {h.sha256} AutoV1 {h.autov1 or '-'} AutoV2 {h.autov2} "
+              f"AutoV3 {h.autov3} CRC32 {h.crc32}")
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lora_ops", description="LoRA Workbench engine")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="validate safetensors files and summarise them")
     p.add_argument("files", nargs="+", help="paths of .safetensors files")
+    h = sub.add_parser("hash", help="SHA-256, AutoV1, AutoV2, AutoV3 and CRC32 of files, as Civitai computes them")
+    h.add_argument("files", nargs="+", help="paths of model files")
     e = sub.add_parser("extract", help="extract a LoRA from two checkpoints (TUNED - BASE)")
     e.add_argument("base", help="the original checkpoint (.safetensors)")
     e.add_argument("tuned", help="the fine-tuned checkpoint (.safetensors)")
@@ -101,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.command == "inspect":
         return _inspect(args.files)
+    if args.command == "hash":
+        return _hash(args.files)
     return _extract(args)
 
 

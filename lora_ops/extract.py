@@ -17,7 +17,6 @@ kohya's and ComfyUI's extractors do by default, can triple the error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .extract_plan import Layer, Plan, PlanError, make_plan
+from .hashing import file_hashes
 from .safetensors_io import SafetensorsError, read_header
 from .svd import Factors, choose_rank, exact_svd, randomized_svd, relative_errors
 
@@ -261,19 +261,22 @@ class FileSource(TensorSource):
         return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
 
+class _StopHashing(Exception):
+    pass
+
+
 def _sha256(path: str, out: dict, stop: threading.Event) -> None:
-    """SHA-256 of a file into ``out[path]``, read in 8 MiB chunks; gives up when ``stop`` is
-    set (the extraction failed or was cancelled) or the file cannot be read."""
-    h = hashlib.sha256()
+    """SHA-256 of a file into ``out[path]``; gives up when ``stop`` is set (the extraction
+    failed or was cancelled) or the file cannot be read."""
+
+    def check(done, total):
+        if stop.is_set():
+            raise _StopHashing
+
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(8 * 2**20), b""):
-                if stop.is_set():
-                    return
-                h.update(chunk)
-    except OSError:
+        out[path] = file_hashes(path, check).sha256.lower()
+    except (OSError, _StopHashing):
         return
-    out[path] = h.hexdigest()
 
 
 def plan_sources(base: TensorSource, tuned: TensorSource, text_encoders: bool = True) -> Plan:
