@@ -124,8 +124,7 @@ class ApplyReport:
         return "\n".join(lines)
 
 
-_TE_KEY_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_", "lora_te1_", "lora_te2_", "cond_stage_model",
-                    "text_encoders.", "conditioner.")
+_TE_KEY_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_", "cond_stage_model", "conditioner.")
 
 
 def _looks_like_text_encoder(key: str) -> bool:
