@@ -18,6 +18,7 @@ errors.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .safetensors_io import SafetensorsError, read_header
@@ -53,11 +54,14 @@ def _extract(args) -> int:
     policy, value = next((name, v) for name, v in (
         ("rank", args.rank), ("target_error", args.target_error), ("sv_fro", args.sv_fro),
         ("sv_ratio", args.sv_ratio), ("sv_cumulative", args.sv_cumulative)) if v is not None)
-    max_rank = args.max_rank or (int(value) if policy == "rank" else 128)
+    max_rank = args.max_rank if args.max_rank is not None else (int(value) if policy == "rank" else 128)
     opts = Options(policy=policy, value=value, max_rank=max_rank,
                    algorithm="exact" if args.exact else "randomized", oversample=args.oversample,
                    niter=args.niter, seed=args.seed, dtype=args.dtype, device=args.device,
                    text_encoders=not args.no_text_encoders)
+    if os.path.exists(args.output) and not args.force:
+        print(f"error: {args.output} exists; give another name or --force to replace it", file=sys.stderr)
+        return 1
     try:
         opts.check()
         plan = plan_files(args.base, args.tuned, opts.text_encoders)
@@ -71,6 +75,9 @@ def _extract(args) -> int:
             result = extract_files(args.base, args.tuned, args.output, opts, progress)
     except (ExtractError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(result.report())
     print(f"written: {result.path}")
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("extract", help="extract a LoRA from two checkpoints (TUNED - BASE)")
     e.add_argument("base", help="the original checkpoint (.safetensors)")
     e.add_argument("tuned", help="the fine-tuned checkpoint (.safetensors)")
-    e.add_argument("-o", "--output", required=True, help="the LoRA file to write")
+    e.add_argument("-o", "--output", required=True, help="the LoRA file to write (.safetensors)")
+    e.add_argument("--force", action="store_true", help="replace the output file if it exists")
     how = e.add_mutually_exclusive_group(required=True)
     how.add_argument("--rank", type=int, help="fixed rank for every layer")
     how.add_argument("--target-error", type=float, help="smallest rank with relative Frobenius error <= E")

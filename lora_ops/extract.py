@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from . import __version__
 from .extract_plan import Layer, Plan, PlanError, make_plan
@@ -80,6 +80,16 @@ class Options:
     text_encoders: bool = True
 
     def check(self) -> None:
+        if self.policy == "rank" and (self.value < 1 or self.value != int(self.value)):
+            raise ExtractError(f"rank must be a whole number of at least 1, not {self.value:g}")
+        if self.max_rank < 1:
+            raise ExtractError(f"max_rank must be at least 1, not {self.max_rank}")
+        try:  # the policy's own range check, before any work
+            choose_rank(self.policy, self.value, torch.ones(2), 2.0, self.max_rank)
+        except ValueError as e:
+            raise ExtractError(str(e)) from None
+        if not 0 <= self.seed < 2**63:
+            raise ExtractError(f"seed must be between 0 and 2**63 - 1, not {self.seed}")
         if self.algorithm not in ("randomized", "exact"):
             raise ExtractError(f"algorithm {self.algorithm!r}: use 'randomized' or 'exact'")
         if self.dtype not in DTYPES:
@@ -116,6 +126,7 @@ class Result:
     layers: list[LayerStats]
     seconds: float
     metadata: dict[str, str]
+    options: Options | None = None
 
     def overall_error(self, layers: list[LayerStats] | None = None) -> float:
         """Energy-weighted relative Frobenius error: sqrt(sum residual^2 / sum ||dW||^2)."""
@@ -177,6 +188,12 @@ class Result:
             retained = sum(s.retained * s.norm**2 for s in changed) / energy if energy else 1.0
             lines.append(f"{block:<12}{len(changed):>7}{rank_text:>9}{self.overall_error(changed):>11.4f}"
                          f"{retained:>10.4f}{math.sqrt(energy):>12.4g}")
+        opts = self.options
+        if opts is not None and opts.policy == "target_error":
+            missed = [s for s in extracted if s.rank > 0 and s.error > opts.value + 1e-9]
+            if missed:
+                lines.append(f"target_error {opts.value:g} not reached in {len(missed)} layers: their rank stopped "
+                             f"at the cap of {opts.max_rank}; raise rank (the cap) to reach it")
         lines.append("worst layers: " + "; ".join(
             f"{s.name} {s.error:.4f} (rank {s.rank})"
             for s in sorted(extracted, key=lambda s: -s.error)[:worst]))
@@ -292,17 +309,44 @@ def plan_files(base: str, tuned: str, text_encoders: bool = True) -> Plan:
     return plan_sources(FileSource(base), FileSource(tuned), text_encoders)
 
 
+def _check_output(out_path: str, inputs: list[str]) -> None:
+    """Fail before any work when ``out_path`` cannot be written or would replace an input."""
+    out = Path(out_path)
+    if out.suffix.lower() != ".safetensors":
+        raise ExtractError(f"{out_path}: the output must be a .safetensors file name")
+    if out.is_dir():
+        raise ExtractError(f"{out_path}: is a directory; give a file name")
+    for p in inputs:
+        if os.path.realpath(p) == os.path.realpath(out):
+            raise ExtractError(f"{out_path}: is one of the input checkpoints; writing it would destroy that "
+                               "input. Choose another output name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_name(f".{out.name}.{os.getpid()}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ExtractError(f"{out_path}: cannot write there ({e.strerror or e}); choose another place") from None
+
+
 def _device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``; anything else is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.split(":")[0] == "cuda":
+        if not torch.cuda.is_available():
+            raise ExtractError(f"device {name!r}: no CUDA GPU is available here; use auto or cpu")
+        return torch.device(name)
+    raise ExtractError(f"device {name!r}: use auto, cpu or cuda")
 
 
 def _factorise(a: torch.Tensor, layers: list[Layer], opts: Options, device: torch.device) -> Factors:
     k = opts.max_rank if opts.policy != "rank" else min(int(opts.value), opts.max_rank)
     if opts.algorithm == "exact":
         return exact_svd(a.to(device))
-    gens = [torch.Generator().manual_seed((opts.seed * 1_000_003) ^ zlib.crc32(layer.name.encode()))
+    gens = [torch.Generator().manual_seed(((opts.seed * 1_000_003) ^ zlib.crc32(layer.name.encode())) % 2**63)
             for layer in layers]
     return randomized_svd(a.to(device), k, opts.oversample, opts.niter, gens)
 
@@ -328,7 +372,12 @@ def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts
     """
     opts = opts or Options()
     opts.check()
+    _device(opts.device)  # an unusable device fails here, before any work
     t_start = time.perf_counter()
+    _check_output(out_path, [p for p in (base_src.path, tuned_src.path) if p])
+    if base_src.path and tuned_src.path and os.path.samefile(base_src.path, tuned_src.path):
+        raise ExtractError(f"{base_src.label} and {tuned_src.label} are the same file: there is no difference "
+                           "to extract")
     plan = plan_sources(base_src, tuned_src, opts.text_encoders)
     hashes: dict[str, str] = {}
     stop_hashing = threading.Event()
@@ -395,11 +444,12 @@ def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, 
     for t in hashers:
         t.join()
     if not any(s.rank != 0 for s in stats):
-        raise ExtractError(f"{tuned} and {base} have identical weights in every shared layer: there is no "
-                           "difference to extract")
+        raise ExtractError(f"{tuned} and {base}: no layer a LoRA can hold differs between them (only biases, "
+                           "norm scales, the VAE, unpaired weights or excluded text-encoder weights may differ); "
+                           "there is no LoRA to extract")
     metadata = _metadata(plan, opts, stats, hashes, base_src, tuned_src, title or Path(out_path).stem)
-    _write_checked(out_path, tensors, expected, metadata)
-    return Result(str(out_path), plan, stats, time.perf_counter() - t_start, metadata)
+    _write_checked(out_path, tensors, expected, metadata, opts.dtype)
+    return Result(str(out_path), plan, stats, time.perf_counter() - t_start, metadata, opts)
 
 
 def _difference(fb, ft, layer: Layer, base: str, tuned: str) -> torch.Tensor | None:
@@ -473,14 +523,22 @@ def _metadata(plan: Plan, opts: Options, stats: list[LayerStats], hashes: dict, 
     }
 
 
-def _write_checked(out_path: str, tensors: dict, expected: dict, metadata: dict) -> None:
-    """Write to a temporary name beside ``out_path``, check every module reads back within
-    1e-3 relative of the in-memory float32 reconstruction, then rename into place."""
+# How far a module may read back from its float32 reconstruction: the rounding of the
+# stored dtype (fp16 keeps 11 significant bits, bf16 8), with margin.
+READBACK_LIMIT = {"fp16": 1e-3, "bf16": 8e-3}
+
+
+def _write_checked(out_path: str, tensors: dict, expected: dict, metadata: dict, dtype: str = "fp16") -> None:
+    """Write to a hidden temporary name beside ``out_path``, check every module reads back
+    within :data:`READBACK_LIMIT` (relative) of the in-memory float32 reconstruction, then
+    rename into place. The bytes are written by this function, so an interruption can only
+    leave the hidden ``.partial`` file, never a file under the real name."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    limit = READBACK_LIMIT[dtype]
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(save(tensors, metadata=metadata))
         with safe_open(str(tmp), "pt") as f:
             for name, (up, down) in expected.items():
                 if down is None:
@@ -492,9 +550,10 @@ def _write_checked(out_path: str, tensors: dict, expected: dict, metadata: dict)
                     want = up @ down
                 scale = float(torch.linalg.norm(want)) or 1.0
                 err = float(torch.linalg.norm(got - want)) / scale
-                if err > 1e-3:
+                if err > limit:
                     raise ExtractError(f"{name}: the written file reads back {err:.2e} away from the computed LoRA "
-                                       "(limit 1e-3); nothing was saved. Try dtype bf16, or report this")
+                                       f"(limit {limit:g} for {dtype}); nothing was saved. Please report this "
+                                       "with the two checkpoints' names")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

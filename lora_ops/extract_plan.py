@@ -103,6 +103,13 @@ class Plan:
             lines.append(f"{len(self.mismatched)} weights with different shapes (skipped, not factorised): {shown}")
         dts = ", ".join(f"{side}: {'/'.join(sorted(d))}" for side, d in self.dtypes.items())
         lines.append(f"dtypes {dts}")
+        floats = {side: {d for d in ds if d.startswith(("F", "BF"))} for side, ds in self.dtypes.items()}
+        if len({frozenset(d) for d in floats.values()}) > 1:
+            lines.append("WARNING: the two files store weights in different precisions; the rounding difference "
+                         "is extracted as a change too. Compare files of the same precision where you can")
+        if any(d.startswith("F8") for ds in floats.values() for d in ds):
+            lines.append("WARNING: 8-bit float (quantised) weights: their quantisation noise is extracted as a "
+                         "change too")
         return "\n".join(lines)
 
 
@@ -136,6 +143,28 @@ def split_key(key: str) -> tuple[str, str] | None:
             return comp, rest
     if _BARE_DIT.match(key):
         return "unet", key
+    return None
+
+
+_LORA_KEY = re.compile(r"(\.(lora_up|lora_down|lora_A|lora_B|lora_mid|hada_w1_a|hada_w2_b|lokr_w1|lokr_w2|"
+                       r"oft_blocks|alpha|dora_scale)(\.weight)?$)|(^lora_(unet|te\d?)_)")
+_VAE_KEY = re.compile(r"^(encoder|decoder)\.(conv_in|down|up|mid|norm_out|conv_out)|^(post_)?quant_conv\.")
+_TE_KEY = re.compile(r"^(text_model\.|transformer\.resblocks\.|encoder\.block\.|shared\.weight|"
+                     r"token_embedding\.|text_projection)")
+
+
+def kind_of_file(header: dict) -> str | None:
+    """``"a LoRA"``, ``"a VAE"`` or ``"a text encoder"`` when a file's keys say so, else None."""
+    keys = list(header)
+    if not keys:
+        return "empty (it holds no tensors)"
+    if sum(1 for k in keys if _LORA_KEY.search(k)) > len(keys) // 2:
+        return "a LoRA"
+    if all(split_key(k) is None for k in keys):
+        if sum(1 for k in keys if _VAE_KEY.match(k)) > len(keys) // 2:
+            return "a VAE"
+        if sum(1 for k in keys if _TE_KEY.match(k)) > len(keys) // 2:
+            return "a text encoder"
     return None
 
 
@@ -202,7 +231,11 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
     :func:`lora_ops.safetensors_io.read_header`. Raises :class:`PlanError` when the files are
     of different model families or share no diffusion-model layer.
     """
-    def parts(header):
+    def parts(header, side):
+        what = kind_of_file(header)
+        if what is not None:
+            raise PlanError(f"the {side} file is {what}, not a model checkpoint. Give two checkpoints (or two "
+                            "diffusion-model files) of the same model")
         out: dict[str, dict[str, tuple]] = {}
         keys: dict[tuple[str, str], str] = {}
         # A file in which no key has a checkpoint prefix is a bare diffusion model.
@@ -214,8 +247,8 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
                 keys[sk] = key
         return out, keys
 
-    base_parts, base_keys = parts(base_header)
-    tuned_parts, tuned_keys = parts(tuned_header)
+    base_parts, base_keys = parts(base_header, "base")
+    tuned_parts, tuned_keys = parts(tuned_header, "tuned")
     fam_b, fam_t = detect_family(base_parts), detect_family(tuned_parts)
     if fam_b != fam_t:
         raise PlanError(f"the two files are of different model families: base is {fam_b}, tuned is {fam_t}. "

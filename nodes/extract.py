@@ -43,6 +43,8 @@ def _file_key(source: str) -> tuple:
 def output_path(filename_prefix: str) -> tuple[str, str]:
     """(absolute path, name relative to the loras folder) for a new LoRA, numbered like
     ComfyUI's own savers (``prefix_00001_.safetensors``); the prefix cannot leave the folder."""
+    if not filename_prefix.strip() or os.path.basename(filename_prefix.strip().rstrip("/")) in ("", ".", ".."):
+        raise ExtractError(f"filename_prefix {filename_prefix!r} names no file; give one like 'extracted/my_lora'")
     loras_dir = folder_paths.get_folder_paths("loras")[0]
     os.makedirs(loras_dir, exist_ok=True)
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, loras_dir)

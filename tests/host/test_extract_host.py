@@ -128,6 +128,8 @@ def test_extract_node_from_files_saves_in_the_loras_folder(comfy_host, nodes, tu
     assert "model family: sd1" in report and "128 layers extracted" in report
     with pytest.raises(ValueError, match="is not in the checkpoints folder"):
         nodes.WorkbenchExtractLora.execute("workbench-sd15.safetensors", "missing.safetensors", 8, "x")
+    with pytest.raises(ValueError, match="names no file"):
+        nodes.WorkbenchExtractLora.execute("workbench-sd15.safetensors", "workbench-sd15-tiny.safetensors", 8, " ")
 
 
 def test_cancel_stops_between_layers_and_leaves_no_file(comfy_host, nodes, tmp_path):

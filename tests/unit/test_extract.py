@@ -139,9 +139,58 @@ def test_non_finite_difference_names_its_key_and_writes_nothing(base_sd, tmp_pat
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
-def test_identical_files_are_an_error(tmp_path):
-    with pytest.raises(ExtractError, match="identical weights"):
-        extract_files(str(BASE), str(BASE), str(tmp_path / "x.safetensors"), Options(value=4, max_rank=4))
+def test_same_or_unchanged_files_are_errors(base_sd, tmp_path):
+    (tmp_path / "alias.safetensors").symlink_to(BASE)
+    with pytest.raises(ExtractError, match="are the same file"):
+        extract_files(str(BASE), str(tmp_path / "alias.safetensors"), str(tmp_path / "x.safetensors"),
+                      Options(value=4, max_rank=4))
+    only_bias = dict(base_sd)
+    key = "model.diffusion_model.middle_block.1.proj_in.bias"
+    only_bias[key] = only_bias[key] + 1
+    save_file(only_bias, str(tmp_path / "bias.safetensors"))
+    with pytest.raises(ExtractError, match="no layer a LoRA can hold differs"):
+        extract_files(str(BASE), str(tmp_path / "bias.safetensors"), str(tmp_path / "x.safetensors"),
+                      Options(value=4, max_rank=4))
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_output_can_never_replace_an_input_and_bad_outputs_fail_before_work(base_sd, tmp_path):
+    make_tuned(base_sd, tmp_path / "t.safetensors")
+    size = (tmp_path / "t.safetensors").stat().st_size
+    for out, message in [(tmp_path / "t.safetensors", "is one of the input checkpoints"),
+                         (tmp_path / "." / "t.safetensors", "is one of the input checkpoints"),
+                         (tmp_path / "x.ckpt", "must be a .safetensors file name"),
+                         (tmp_path, "must be a .safetensors"),
+                         (tmp_path / "t.safetensors" / "y.safetensors", "cannot write there")]:
+        with pytest.raises(ExtractError, match=message):
+            extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=4, max_rank=4))
+    assert (tmp_path / "t.safetensors").stat().st_size == size
+    with pytest.raises(ExtractError, match="device 'tpu'"):
+        extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(tmp_path / "o.safetensors"),
+                      Options(value=4, max_rank=4, device="tpu"))
+    with pytest.raises(ExtractError, match="rank must be a whole number"):
+        extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(tmp_path / "o.safetensors"),
+                      Options(value=0, max_rank=4))
+
+
+def test_bf16_factors_and_a_lora_given_as_a_checkpoint(base_sd, tmp_path):
+    make_tuned(base_sd, tmp_path / "t.safetensors")
+    out = tmp_path / "bf16.safetensors"
+    extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=4, max_rank=4, dtype="bf16"))
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("lora_unet_middle_block_1_proj_in.lora_up.weight").dtype == torch.bfloat16
+    with pytest.raises(ExtractError, match="the base file is a LoRA, not a model checkpoint"):
+        extract_files(str(out), str(tmp_path / "t.safetensors"), str(tmp_path / "o.safetensors"),
+                      Options(value=4, max_rank=4))
+
+
+def test_precision_differences_are_warned_and_missed_targets_reported(base_sd, tmp_path):
+    deltas = make_tuned(base_sd, tmp_path / "t.safetensors", rank=16)
+    assert deltas
+    r = extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(tmp_path / "o.safetensors"),
+                      Options(policy="target_error", value=0.0, max_rank=4))
+    assert "target_error 0 not reached in 6 layers" in r.report()
+    assert "WARNING: the two files store weights in different precisions" in r.plan.summary(4, 8, 2)
 
 
 def test_cancel_between_layers_leaves_nothing(base_sd, tmp_path):
@@ -196,9 +245,13 @@ def test_cli_extract_prints_the_table_and_exit_codes(base_sd, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "6 layers extracted" in r.stdout and "rank 4-4" in r.stdout and out.exists()
-    r = subprocess.run([sys.executable, "-m", "lora_ops", "extract", str(BASE), str(BASE), "-o", str(out),
-                        "--rank", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "identical weights" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "lora_ops", "extract", str(BASE), str(tmp_path / "t.safetensors"),
+                        "-o", str(out), "--rank", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "exists; give another name or --force" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "lora_ops", "extract", str(BASE), str(tmp_path / "nope.safetensors"),
+                        "-o", str(tmp_path / "n.safetensors"), "--rank", "4"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "No such file" in r.stderr
     r = subprocess.run([sys.executable, "-m", "lora_ops", "extract", str(BASE), str(BASE), "-o", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
