@@ -17,6 +17,7 @@ kohya's and ComfyUI's extractors do by default, can triple the error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -33,7 +34,6 @@ from safetensors.torch import save
 
 from . import __version__
 from .extract_plan import Layer, Plan, PlanError, make_plan
-from .hashing import file_hashes
 from .safetensors_io import SafetensorsError, read_header
 from .svd import Factors, choose_rank, exact_svd, randomized_svd, relative_errors
 
@@ -278,22 +278,20 @@ class FileSource(TensorSource):
         return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
 
-class _StopHashing(Exception):
-    pass
-
-
 def _sha256(path: str, out: dict, stop: threading.Event) -> None:
-    """SHA-256 of a file into ``out[path]``; gives up when ``stop`` is set (the extraction
-    failed or was cancelled) or the file cannot be read."""
-
-    def check(done, total):
-        if stop.is_set():
-            raise _StopHashing
-
+    """SHA-256 of a file into ``out[path]`` (lower-case hex); gives up when ``stop`` is set
+    (the extraction failed or was cancelled) or the file cannot be read. Only SHA-256: the
+    other hashes of :mod:`lora_ops.hashing` would cost a second full pass here."""
+    h = hashlib.sha256()
     try:
-        out[path] = file_hashes(path, check).sha256.lower()
-    except (OSError, _StopHashing):
+        with open(path, "rb") as f:
+            while chunk := f.read(8 * 2**20):
+                if stop.is_set():
+                    return
+                h.update(chunk)
+    except OSError:
         return
+    out[path] = h.hexdigest()
 
 
 def plan_sources(base: TensorSource, tuned: TensorSource, text_encoders: bool = True) -> Plan:
