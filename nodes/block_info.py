@@ -9,7 +9,8 @@ from ..lora_ops.blocks import block_of, sort_key
 from ..lora_ops.plot import heat_strip
 from .compat import inp, io, out, schema
 from .load_lora import lora_source_input
-from .lora_apply import load_lora_file, prepare_lora, split_patch_key
+from .lora_apply import load_lora_file, prepare_lora
+from .patch_check import split_patch_key
 from .sources import file_fingerprint, resolve_local
 
 

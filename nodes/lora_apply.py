@@ -11,23 +11,19 @@ weights. With an empty spec the patches equal core ``LoraLoader``'s.
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
 import math
 import os
 import re
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import comfy.lora
 import comfy.lora_convert
 import comfy.utils
-import torch
 
 from ..lora_ops.block_spec import parse_spec
-from ..lora_ops.blocks import MODEL_PREFIX, BlockSpec, block_of, format_ratio, sort_key
+from ..lora_ops.blocks import MODEL_PREFIX, BlockSpec, block_of, sort_key
 from ..lora_ops.convert import (
     ConversionError,
     Converted,
@@ -36,11 +32,13 @@ from ..lora_ops.convert import (
     convert_peft,
     detect_format,
 )
-from ..lora_ops.safetensors_io import SafetensorsError, read_header
 
-
-class LoraApplyError(ValueError):
-    """A LoRA that cannot be applied; the message names the file and the fix."""
+# Re-exported: callers and tests use the LoRA file API through this module.
+from .lora_files import LoraApplyError as LoraApplyError
+from .lora_files import LoraFile as LoraFile
+from .lora_files import load_lora_file as load_lora_file
+from .lora_report import ApplyReport, looks_like_text_encoder
+from .patch_check import patch_misfit
 
 
 class _ReadTracker(dict):
@@ -62,191 +60,6 @@ class _ReadTracker(dict):
         if key in self:
             self.read.add(key)
         return super().get(key, default)
-
-
-@dataclass
-class ApplyReport:
-    """What one LoRA did: counts per block, the applied spec and what was left out and why."""
-
-    name: str
-    file_keys: int
-    spec: str
-    strength_model: float
-    strength_clip: float
-    format: str = "comfy"
-    notes: list[str] = field(default_factory=list)
-    modules_per_block: dict[str, int] = field(default_factory=dict)
-    ratio_per_block: dict[str, float] = field(default_factory=dict)
-    model_modules: int = 0
-    clip_modules: int = 0
-    zero_modules: int = 0
-    misfits: list[tuple[str, str]] = field(default_factory=list)
-    unused_keys: list[str] = field(default_factory=list)
-    unmatched_patches: list[str] = field(default_factory=list)
-    text_encoder_keys_without_clip: int = 0
-
-    @property
-    def applied(self) -> int:
-        return self.model_modules + self.clip_modules
-
-    def text(self) -> str:
-        lines = [f"LoRA {self.name}: {self.file_keys} file keys -> "
-                 f"{self.model_modules} model modules (strength_model {self.strength_model:g}), "
-                 f"{self.clip_modules} text-encoder modules (strength_clip {self.strength_clip:g})"
-                 + ("" if self.format == "comfy" else f"; {self.format} format converted"),
-                 f"  blocks applied: {self.spec}"]
-        lines += [f"  {note}" for note in self.notes]
-        if self.applied == 0:
-            lines.append("  nothing applied: every module has strength 0 (strengths or block ratios)")
-        if self.zero_modules:
-            lines.append(f"  {self.zero_modules} modules left out: strength 0 in their block")
-        per_block = ", ".join(f"{b} {n}x{format_ratio(self.ratio_per_block[b])}"
-                              for b, n in sorted(self.modules_per_block.items(), key=lambda kv: sort_key(kv[0])))
-        if per_block:
-            lines.append(f"  modules per block: {per_block}")
-        if self.misfits:
-            shown = "; ".join(f"{k}: {why}" for k, why in self.misfits[:4])
-            lines.append(f"  {len(self.misfits)} modules NOT applied because their shape does not fit this "
-                         f"model's weight (a LoRA for another variant of this architecture?): {shown}"
-                         + (" ..." if len(self.misfits) > 4 else ""))
-        if self.text_encoder_keys_without_clip:
-            lines.append(f"  {self.text_encoder_keys_without_clip} text-encoder keys NOT applied: connect the "
-                         "clip input to apply them")
-        other_unused = len(self.unused_keys) - self.text_encoder_keys_without_clip
-        if other_unused > 0:
-            shown = ", ".join(k for k in self.unused_keys if not _looks_like_text_encoder(k))
-            shown = shown[:400] + (" ..." if len(shown) > 400 else "")
-            lines.append(f"  {other_unused} file keys NOT applied: no module of this model has their name: {shown}")
-        if self.unmatched_patches:
-            shown = ", ".join(self.unmatched_patches[:8])
-            lines.append(f"  {len(self.unmatched_patches)} modules NOT applied: ComfyUI knows their names for "
-                         f"this architecture but this model has no such weight: {shown}")
-        return "\n".join(lines)
-
-
-_TE_KEY_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_", "cond_stage_model", "conditioner.")
-
-
-def _looks_like_text_encoder(key: str) -> bool:
-    return key.startswith(_TE_KEY_PREFIXES)
-
-
-class _WarningCapture(logging.Handler):
-    """Collects the warnings ComfyUI's patch code logs (it logs misfits instead of raising)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def split_patch_key(key) -> tuple[str, tuple | None, object]:
-    """``(weight name, offset, function)`` of a patch key: a weight name, or a tuple
-    ``(name, (dim, start, length)[, function])`` for a slice of a fused weight."""
-    if isinstance(key, str):
-        return key, None, None
-    return key[0], key[1], (key[2] if len(key) > 2 else None)
-
-
-def _shape_signature(value):
-    """What a shape check of ``value`` can depend on: tensor shapes and dtypes, the
-    structure around them, and the adapter class; plain numbers do not matter."""
-    if isinstance(value, torch.Tensor):
-        return ("T", tuple(value.shape), value.dtype)
-    if isinstance(value, (list, tuple)):
-        return tuple(_shape_signature(v) for v in value)
-    if hasattr(value, "weights") and hasattr(value, "calculate_weight"):
-        return (type(value).__name__, _shape_signature(value.weights))
-    return value if isinstance(value, (str, type(None))) else "n"
-
-
-_MISFIT_MEMO: OrderedDict = OrderedDict()
-
-
-def patch_misfit(key, patch, weight_shape) -> str | None:
-    """Why ``patch`` cannot be applied to a weight of ``weight_shape``, or None if it fits.
-
-    Runs ComfyUI's own ``calculate_weight`` on the meta device (shapes only, no data, no
-    memory), so every adapter type is checked by the code that will apply it; the host logs
-    a misfit rather than raising, so its warnings naming ``key`` are collected. Results are
-    remembered per shape signature: a LoRA's many same-shaped modules are checked once.
-    """
-    base, offset, function = split_patch_key(key)
-    memo_key = (_shape_signature(patch), tuple(weight_shape), offset, function)
-    if memo_key in _MISFIT_MEMO:
-        return _MISFIT_MEMO[memo_key]
-    why = _patch_misfit(base, offset, function, patch, weight_shape)
-    _MISFIT_MEMO[memo_key] = why
-    if len(_MISFIT_MEMO) > 4096:
-        _MISFIT_MEMO.popitem(last=False)
-    return why
-
-
-def _patch_misfit(base, offset, function, patch, weight_shape) -> str | None:
-    weight = torch.empty(weight_shape, dtype=torch.float32, device="meta")
-    capture = _WarningCapture()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(capture)
-    root.setLevel(min(level or logging.WARNING, logging.WARNING))
-    try:
-        comfy.lora.calculate_weight([(1.0, patch, 1.0, offset, function)], weight, base)
-    except Exception as e:  # a misfit the host did not catch itself
-        return f"{type(e).__name__}: {e}"
-    finally:
-        root.removeHandler(capture)
-        root.setLevel(level)
-    found = [m for m in capture.messages if base in m]
-    return found[0].replace(base, "").strip(" :") if found else None
-
-
-@dataclass(frozen=True)
-class LoraFile:
-    """A loaded LoRA file: ``sd`` (name -> tensor, in the file's dtype), safetensors
-    ``metadata``, and the PEFT ``adapter_config.json`` beside it when there is one."""
-
-    path: str
-    sd: dict
-    metadata: dict
-    peft_config: dict | None
-
-
-@functools.lru_cache(maxsize=16)
-def _load_file(path: str, size: int, mtime_ns: int) -> LoraFile:
-    # Keyed by size and mtime too, so a replaced file is read (and validated) again. Cached
-    # tensors are never modified: converters build new dicts and patches only reference
-    # them, and no float32 copies are made (ComfyUI casts per weight when it patches).
-    try:
-        read_header(path)
-    except SafetensorsError as e:
-        raise LoraApplyError(str(e)) from None
-    sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
-    config_path = os.path.join(os.path.dirname(path), "adapter_config.json")
-    peft_config = None
-    if os.path.isfile(config_path):
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                peft_config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise LoraApplyError(f"{config_path}: cannot read this PEFT adapter config ({e}). Fix or remove "
-                                 "the file; it sets the LoRA's scale") from None
-    return LoraFile(path, sd, dict(metadata or {}), peft_config)
-
-
-def load_lora_file(path: str) -> LoraFile:
-    """Validate and load a LoRA file (process-wide cache keyed by path, size and mtime).
-
-    Raises :class:`LoraApplyError` for a pickle file or a file that is not a complete
-    safetensors file (Git LFS pointer, truncated download), naming the fix.
-    """
-    if not path.lower().endswith((".safetensors", ".sft")):
-        raise LoraApplyError(f"{path}: is not a .safetensors file. Only .safetensors LoRA files are loaded "
-                             "(pickle formats such as .ckpt, .pt and .bin can run code when opened); use a "
-                             ".safetensors release of this LoRA.")
-    st = os.stat(path)
-    return _load_file(os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 def _diffusers_unet_shapes(model) -> dict[str, tuple]:
@@ -400,7 +213,7 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
     tracked = _ReadTracker(comfy.lora_convert.convert_lora(converted.sd))
     patches = comfy.lora.load_lora(tracked, _candidates(key_map, tracked), log_missing=False)
     unused = sorted(set(tracked) - tracked.read)
-    te_unused = sum(_looks_like_text_encoder(k) for k in unused) if clip is None else 0
+    te_unused = sum(looks_like_text_encoder(k) for k in unused) if clip is None else 0
     if not patches:
         sample = ", ".join(list(lora.sd)[:3])
         hint = (" Its text-encoder keys need the clip input connected." if te_unused else

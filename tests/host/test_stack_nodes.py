@@ -62,7 +62,7 @@ def test_changing_a_strength_does_not_read_the_file_again(sd15, nodes):
     import comfy.utils
 
     model, clip = sd15
-    nodes.lora_apply._load_file.cache_clear()
+    nodes.lora_files._load_file.cache_clear()
     real = comfy.utils.load_torch_file
     with mock.patch.object(comfy.utils, "load_torch_file", side_effect=real) as spy:
         for strength in (1.0, 0.5, 0.25):

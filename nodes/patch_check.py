@@ -1,0 +1,80 @@
+"""Will a patch fit its weight? Asked of ComfyUI's own patch code, on shapes only."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import comfy.lora
+import torch
+
+
+class _WarningCapture(logging.Handler):
+    """Collects the warnings ComfyUI's patch code logs (it logs misfits instead of raising)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def split_patch_key(key) -> tuple[str, tuple | None, object]:
+    """``(weight name, offset, function)`` of a patch key: a weight name, or a tuple
+    ``(name, (dim, start, length)[, function])`` for a slice of a fused weight."""
+    if isinstance(key, str):
+        return key, None, None
+    return key[0], key[1], (key[2] if len(key) > 2 else None)
+
+
+def _shape_signature(value):
+    """What a shape check of ``value`` can depend on: tensor shapes and dtypes, the
+    structure around them, and the adapter class; plain numbers do not matter."""
+    if isinstance(value, torch.Tensor):
+        return ("T", tuple(value.shape), value.dtype)
+    if isinstance(value, (list, tuple)):
+        return tuple(_shape_signature(v) for v in value)
+    if hasattr(value, "weights") and hasattr(value, "calculate_weight"):
+        return (type(value).__name__, _shape_signature(value.weights))
+    return value if isinstance(value, (str, type(None))) else "n"
+
+
+_MISFIT_MEMO: OrderedDict = OrderedDict()
+
+
+def patch_misfit(key, patch, weight_shape) -> str | None:
+    """Why ``patch`` cannot be applied to a weight of ``weight_shape``, or None if it fits.
+
+    Runs ComfyUI's own ``calculate_weight`` on the meta device (shapes only, no data, no
+    memory), so every adapter type is checked by the code that will apply it; the host logs
+    a misfit rather than raising, so its warnings naming ``key`` are collected. Results are
+    remembered per shape signature: a LoRA's many same-shaped modules are checked once.
+    """
+    base, offset, function = split_patch_key(key)
+    memo_key = (_shape_signature(patch), tuple(weight_shape), offset, function)
+    if memo_key in _MISFIT_MEMO:
+        return _MISFIT_MEMO[memo_key]
+    why = _patch_misfit(base, offset, function, patch, weight_shape)
+    _MISFIT_MEMO[memo_key] = why
+    if len(_MISFIT_MEMO) > 4096:
+        _MISFIT_MEMO.popitem(last=False)
+    return why
+
+
+def _patch_misfit(base, offset, function, patch, weight_shape) -> str | None:
+    weight = torch.empty(weight_shape, dtype=torch.float32, device="meta")
+    capture = _WarningCapture()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(capture)
+    root.setLevel(min(level or logging.WARNING, logging.WARNING))
+    try:
+        comfy.lora.calculate_weight([(1.0, patch, 1.0, offset, function)], weight, base)
+    except Exception as e:  # a misfit the host did not catch itself
+        return f"{type(e).__name__}: {e}"
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(level)
+    found = [m for m in capture.messages if base in m]
+    return found[0].replace(base, "").strip(" :") if found else None
