@@ -86,6 +86,7 @@ def _extract(args) -> int:
 
 def _hash(paths: list[str]) -> int:
     from .hashing import file_hashes
+    from .safetensors_io import sniff_non_safetensors
 
     status = 0
     for path in paths:
@@ -95,8 +96,13 @@ def _hash(paths: list[str]) -> int:
             print(f"ERROR {path}: {e.strerror or e}")
             status = 1
             continue
-        print(f"{path}: size {h.size} SHA256 {h.sha256} AutoV1 {h.autov1 or '-'} AutoV2 {h.autov2} "
+        autov1 = h.autov1 or "- (file under 2 MiB)"
+        print(f"{path}: size {h.size} SHA256 {h.sha256} AutoV1 {autov1} AutoV2 {h.autov2} "
               f"AutoV3 {h.autov3} CRC32 {h.crc32}")
+        with open(path, "rb") as f:
+            odd = sniff_non_safetensors(path, f.read(72))
+        if odd is not None and path.lower().endswith((".safetensors", ".sft")):
+            print(f"  WARNING: {odd.reason}: these are the hashes of that file, not of model weights")
     return status
 
 

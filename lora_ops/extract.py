@@ -296,6 +296,8 @@ def _sha256(path: str, out: dict, stop: threading.Event) -> None:
 
 def plan_sources(base: TensorSource, tuned: TensorSource, text_encoders: bool = True) -> Plan:
     """The plan for two sources (headers only). Raises :class:`ExtractError`."""
+    if base.path and tuned.path and os.path.samefile(base.path, tuned.path):
+        raise ExtractError(f"{base.label} and {tuned.label} are the same file: there is no difference to extract")
     try:
         return make_plan(base.header(), tuned.header(), text_encoders)
     except PlanError as e:
@@ -373,9 +375,6 @@ def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts
     _device(opts.device)  # an unusable device fails here, before any work
     t_start = time.perf_counter()
     _check_output(out_path, [p for p in (base_src.path, tuned_src.path) if p])
-    if base_src.path and tuned_src.path and os.path.samefile(base_src.path, tuned_src.path):
-        raise ExtractError(f"{base_src.label} and {tuned_src.label} are the same file: there is no difference "
-                           "to extract")
     plan = plan_sources(base_src, tuned_src, opts.text_encoders)
     hashes: dict[str, str] = {}
     stop_hashing = threading.Event()

@@ -84,9 +84,9 @@ class Plan:
         return total
 
     def summary(self, rank: int, oversample: int, niter: int) -> str:
-        lines = [f"model family: {self.family}; {len(self.layers)} layers to factorise; "
-                 f"about {self.flops(rank, oversample, niter) / 1e9:.0f} GFLOP at rank {rank}, "
-                 f"output about {self.output_bytes(rank) / 2**20:.0f} MiB"]
+        lines = [f"model family: {self.family}; {len(self.layers)} paired layers (unchanged ones are found while "
+                 f"reading and left out); at most {self.flops(rank, oversample, niter) / 1e9:.0f} GFLOP and "
+                 f"{self.output_bytes(rank) / 2**20:.0f} MiB of output at rank {rank}"]
         for label, items in (("only in base", self.only_in_base), ("only in tuned", self.only_in_tuned)):
             if items:
                 lines.append(f"{len(items)} weights {label} (skipped): {', '.join(items[:5])}"

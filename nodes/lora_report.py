@@ -42,32 +42,38 @@ class ApplyReport:
         if self.applied == 0:
             lines.append("  nothing applied: every module has strength 0 (strengths or block ratios)")
         if self.zero_modules:
-            lines.append(f"  {self.zero_modules} modules left out: strength 0 in their block")
+            lines.append(f"  {_count(self.zero_modules, 'module')} left out: strength 0 in their block")
         per_block = ", ".join(f"{b} {n}x{format_ratio(self.ratio_per_block[b])}"
                               for b, n in sorted(self.modules_per_block.items(), key=lambda kv: sort_key(kv[0])))
         if per_block:
             lines.append(f"  modules per block: {per_block}")
         if self.misfits:
             shown = "; ".join(f"{k}: {why}" for k, why in self.misfits[:4])
-            lines.append(f"  {len(self.misfits)} modules NOT applied because their shape does not fit this "
+            lines.append(f"  {_count(len(self.misfits), 'module')} NOT applied because their shape does not fit this "
                          f"model's weight (a LoRA for another variant of this architecture?): {shown}"
                          + (" ..." if len(self.misfits) > 4 else ""))
         if self.text_encoder_keys_without_clip:
-            lines.append(f"  {self.text_encoder_keys_without_clip} text-encoder keys NOT applied: connect the "
-                         "clip input to apply them")
+            keys = _count(self.text_encoder_keys_without_clip, "text-encoder key")
+            lines.append(f"  {keys} NOT applied: connect the clip input to apply them")
         other_unused = len(self.unused_keys) - self.text_encoder_keys_without_clip
         if other_unused > 0:
             shown = ", ".join(k for k in self.unused_keys if not looks_like_text_encoder(k))
             shown = shown[:400] + (" ..." if len(shown) > 400 else "")
-            lines.append(f"  {other_unused} file keys NOT applied: no module of this model has their name: {shown}")
+            keys = _count(other_unused, "file key")
+            lines.append(f"  {keys} NOT applied: no module of this model has their name: {shown}")
         if self.unmatched_patches:
             shown = ", ".join(self.unmatched_patches[:8])
-            lines.append(f"  {len(self.unmatched_patches)} modules NOT applied: ComfyUI knows their names for "
-                         f"this architecture but this model has no such weight: {shown}")
+            modules = _count(len(self.unmatched_patches), "module")
+            lines.append(f"  {modules} NOT applied: ComfyUI knows their names for this architecture but this "
+                         f"model has no such weight: {shown}")
         return "\n".join(lines)
 
 
 _TE_KEY_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_", "cond_stage_model", "conditioner.")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def looks_like_text_encoder(key: str) -> bool:

@@ -82,6 +82,15 @@ def comfy_host(tmp_path_factory):
     return host
 
 
+def _die_with_parent() -> None:
+    """In the server's process: ask Linux to end it when pytest dies, even by SIGKILL, so a
+    killed test run never leaves a multi-GB ComfyUI behind."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,7 +111,7 @@ class Server:
                "--base-directory", str(self.base),
                "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=root,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
 
     def wait_ready(self, timeout: float = 240.0) -> None:
         import requests
