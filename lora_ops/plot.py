@@ -37,9 +37,7 @@ def heat_strip(labels: list[str], values: list[float], title: str, counts: list[
     bar = fig.colorbar(im, cax=cax)
     bar.ax.tick_params(labelsize=6)
     bar.set_label(value_label, fontsize=7)
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba(), dtype=np.float32) / 255.0
-    return np.ascontiguousarray(rgba[..., :3])
+    return _rgb(canvas)
 
 
 def retained_energy_plot(curves: dict[str, list[float]], title: str, chosen_rank: int | None = None) -> np.ndarray:
@@ -69,6 +67,11 @@ def retained_energy_plot(curves: dict[str, list[float]], title: str, chosen_rank
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=6, ncol=2 if n > 14 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _rgb(canvas)
+
+
+def _rgb(canvas) -> np.ndarray:
+    """The drawn canvas as float32 RGB in [0, 1], shape (height, width, 3)."""
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba(), dtype=np.float32) / 255.0
     return np.ascontiguousarray(rgba[..., :3])

@@ -15,29 +15,17 @@ import torch
 from ..lora_ops.extract import ExtractError, Options, TensorSource, extract, extract_files
 from ..lora_ops.svd import RANK_POLICIES
 from .compat import inp, io, out, schema
-from .sources import SourceError, resolve_local
+from .sources import file_fingerprint, resolve_first
 
 _DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 
 
+CHECKPOINT_FOLDERS = ("checkpoints", "diffusion_models")
+
+
 def resolve_checkpoint(source: str) -> str:
     """A checkpoint or diffusion-model file name, looked up in both folders."""
-    try:
-        return resolve_local("checkpoints", source)
-    except SourceError as first:
-        try:
-            return resolve_local("diffusion_models", source)
-        except SourceError:
-            raise first from None
-
-
-def _file_key(source: str) -> tuple:
-    try:
-        path = resolve_checkpoint(source.strip())
-        st = os.stat(path)
-    except (SourceError, OSError):
-        return (source,)
-    return (path, st.st_size, st.st_mtime_ns)
+    return resolve_first(CHECKPOINT_FOLDERS, source)
 
 
 def output_path(filename_prefix: str) -> tuple[str, str]:
@@ -148,7 +136,7 @@ class WorkbenchExtractLora(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, base, tuned, **kwargs):
         # A checkpoint replaced on disk under the same name must be extracted again.
-        return tuple(_file_key(s) for s in (base, tuned)) + tuple(sorted(kwargs.items()))
+        return tuple(file_fingerprint(CHECKPOINT_FOLDERS, s) for s in (base, tuned)) + tuple(sorted(kwargs.items()))
 
     @classmethod
     def execute(cls, base, tuned, rank, filename_prefix, rank_policy="rank", policy_value=0.1,

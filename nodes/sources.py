@@ -53,12 +53,26 @@ def resolve_local(folder: str, source: str) -> str:
     return path
 
 
-def file_fingerprint(folder: str, source: str) -> tuple:
+def resolve_first(folders: tuple[str, ...], source: str) -> str:
+    """:func:`resolve_local` in the first of ``folders`` that has ``source``; the first
+    folder's error when none has it."""
+    try:
+        return resolve_local(folders[0], source)
+    except SourceError as first:
+        for folder in folders[1:]:
+            try:
+                return resolve_local(folder, source)
+            except SourceError:
+                continue
+        raise first from None
+
+
+def file_fingerprint(folders: str | tuple[str, ...], source: str) -> tuple:
     """What identifies a source's current file for ComfyUI's output cache: its path, size and
     modification time (bytes, nanoseconds); the source text alone when it does not resolve
-    (execution then reports why)."""
+    (execution then reports why). ``folders``: one model folder name or several, in order."""
     try:
-        path = resolve_local(folder, source)
+        path = resolve_first((folders,) if isinstance(folders, str) else folders, source.strip())
         st = os.stat(path)
     except (SourceError, OSError):
         return (source,)
