@@ -1,4 +1,6 @@
-"""Command line: ``python -m lora_ops inspect|hash FILE...`` and ``python -m lora_ops extract``.
+"""Command line: ``python -m lora_ops inspect|hash FILE...``, ``python -m lora_ops extract`` and
+``python -m lora_ops fetch SOURCE --dir FOLDER`` (see :mod:`lora_ops.fetch`; exit status 1 with one
+line saying why when it cannot be fetched).
 
 ``hash`` prints SHA-256, AutoV1, AutoV2, AutoV3 and CRC32 as Civitai computes them
 (:mod:`lora_ops.hashing`).
@@ -85,25 +87,84 @@ def _extract(args) -> int:
 
 
 def _hash(paths: list[str]) -> int:
+    from tqdm import tqdm
+
+    from .hash_index import model_files
     from .hashing import file_hashes
     from .safetensors_io import sniff_non_safetensors
 
     status = 0
+    files: list[str] = []
     for path in paths:
-        try:
-            h = file_hashes(path)
-        except OSError as e:
-            print(f"ERROR {path}: {e.strerror or e}")
+        found = model_files([path]) if os.path.isdir(path) else [path]
+        if not found:
+            print(f"ERROR {path}: no model files in this folder")
             status = 1
-            continue
-        autov1 = h.autov1 or "- (file under 2 MiB)"
-        print(f"{path}: size {h.size} SHA256 {h.sha256} AutoV1 {autov1} AutoV2 {h.autov2} "
-              f"AutoV3 {h.autov3} CRC32 {h.crc32}")
-        with open(path, "rb") as f:
-            odd = sniff_non_safetensors(path, f.read(72))
-        if odd is not None and path.lower().endswith((".safetensors", ".sft")):
-            print(f"  WARNING: {odd.reason}: these are the hashes of that file, not of model weights")
+        files += found
+    sizes = [os.path.getsize(p) if os.path.isfile(p) else 0 for p in files]
+    # The bar (stderr, bytes) shows only on a terminal; lines are written above it.
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, unit_divisor=1024, leave=False, disable=None) as bar:
+        for path, size in zip(files, sizes, strict=True):
+            start = bar.n
+            try:
+                h = file_hashes(path, lambda done, _total, start=start: bar.update(start + done - bar.n))
+            except OSError as e:
+                tqdm.write(f"ERROR {path}: {e.strerror or e}", file=sys.stdout)
+                status = 1
+                continue
+            finally:
+                bar.update(start + size - bar.n)
+            autov1 = h.autov1 or "- (file under 2 MiB)"
+            autov3 = h.autov3 or "- (not a safetensors file)"
+            lines = [f"{path}: size {h.size} SHA256 {h.sha256} AutoV1 {autov1} AutoV2 {h.autov2} "
+                     f"AutoV3 {autov3} CRC32 {h.crc32}"]
+            with open(path, "rb") as f:
+                odd = sniff_non_safetensors(path, f.read(72))
+            if odd is not None and path.lower().endswith((".safetensors", ".sft")):
+                lines.append(f"  WARNING: {odd.reason}: these are the hashes of that file, not of model weights")
+            tqdm.write("\n".join(lines), file=sys.stdout)
     return status
+
+
+def _fetch(args) -> int:
+    from tqdm import tqdm
+
+    from .fetch import Fetcher
+    from .fetch_settings import SettingsError, default_home, load_settings
+    from .hash_index import HashIndex
+    from .http_client import FetchError
+    from .netguard import UnsafeError
+    from .safetensors_io import SafetensorsError
+    from .source_ref import SourceError
+
+    home = args.home or default_home()
+    try:
+        settings = load_settings(home)
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.allow_loopback:
+        settings = settings.with_overrides(allow_loopback=True)
+    os.makedirs(home, exist_ok=True)
+    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="fetch", disable=args.quiet, leave=False)
+
+    def progress(done: int, total: int | None) -> None:
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    index = HashIndex(os.path.join(home, "index.sqlite"))
+    fetcher = Fetcher(settings, index, None if args.no_lock else os.path.join(home, "locks"), progress)
+    try:
+        result = fetcher.fetch(args.source, [os.path.abspath(args.dir)], os.path.basename(args.dir.rstrip("/")),
+                               filename=args.filename, expected_sha256=args.sha256)
+    except (SourceError, FetchError, UnsafeError, SafetensorsError) as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    bar.close()
+    print(result.report())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="validate safetensors files and summarise them")
     p.add_argument("files", nargs="+", help="paths of .safetensors files")
     h = sub.add_parser("hash", help="SHA-256, AutoV1, AutoV2, AutoV3 and CRC32 of files, as Civitai computes them")
-    h.add_argument("files", nargs="+", help="paths of model files")
+    h.add_argument("files", nargs="+", help="model files, or folders to hash every model file in (recursively)")
+    f = sub.add_parser("fetch", help="download a model file by URL, AIR, hf:// reference or hash, verified")
+    f.add_argument("source", help="https URL, urn:air:..., civitai:<model>@<version>, hf://org/repo/file, "
+                   "sha256:<hex>, autov2:<hex> or autov3:<hex>")
+    f.add_argument("--dir", required=True, help="the model folder to save into, e.g. ComfyUI/models/loras")
+    f.add_argument("--filename", help="save under this name (default: the host's file name)")
+    f.add_argument("--sha256", help="expected SHA-256; anything else is refused")
+    f.add_argument("--home", help="folder with settings.json, the hash index and lock files "
+                   "(default $LORA_WORKBENCH_HOME or ~/.local/share/lora-workbench)")
+    f.add_argument("--allow-loopback", action="store_true", help="allow 127.0.0.1 and http:// there (mirrors)")
+    f.add_argument("--no-lock", action="store_true", help="no cross-process lock (verification still guards)")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("extract", help="extract a LoRA from two checkpoints (TUNED - BASE)")
     e.add_argument("base", help="the original checkpoint (.safetensors)")
     e.add_argument("tuned", help="the fine-tuned checkpoint (.safetensors)")
@@ -136,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.command == "inspect":
         return _inspect(args.files)
+    if args.command == "fetch":
+        return _fetch(args)
     if args.command == "hash":
         return _hash(args.files)
     return _extract(args)

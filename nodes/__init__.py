@@ -5,11 +5,13 @@ from __future__ import annotations
 from .block_info import WorkbenchLoraBlockInfo
 from .compat import ComfyExtension, io
 from .extract import WorkbenchExtractLora, WorkbenchExtractLoraFromModels
+from .fetch_nodes import WorkbenchFetchModel, WorkbenchLoadCheckpoint
 from .load_lora import WorkbenchLoadLora
 from .lora_stack import WorkbenchApplyLoraStack, WorkbenchLoraStack
 
-NODES: list[type[io.ComfyNode]] = [WorkbenchLoadLora, WorkbenchLoraStack, WorkbenchApplyLoraStack,
-                                   WorkbenchLoraBlockInfo, WorkbenchExtractLora, WorkbenchExtractLoraFromModels]
+NODES: list[type[io.ComfyNode]] = [WorkbenchFetchModel, WorkbenchLoadCheckpoint, WorkbenchLoadLora, WorkbenchLoraStack,
+                                   WorkbenchApplyLoraStack, WorkbenchLoraBlockInfo, WorkbenchExtractLora,
+                                   WorkbenchExtractLoraFromModels]
 
 
 class LoraWorkbenchExtension(ComfyExtension):

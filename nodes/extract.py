@@ -119,9 +119,11 @@ class WorkbenchExtractLora(io.ComfyNode):
                          "error per block."),
             inputs=[
                 inp(io.String, "base", default="",
-                    tooltip="The original checkpoint: a file name in the checkpoints or diffusion_models folder."),
+                    tooltip=("The original checkpoint: a file name in the checkpoints or diffusion_models folder, "
+                             "or a URL, AIR, hf:// or hash source (fetched into checkpoints first).")),
                 inp(io.String, "tuned", default="",
-                    tooltip="The fine-tuned checkpoint: a file name in the checkpoints or diffusion_models folder."),
+                    tooltip=("The fine-tuned checkpoint: a file name in the checkpoints or diffusion_models folder, "
+                             "or a URL, AIR, hf:// or hash source (fetched into checkpoints first).")),
                 inp(io.Int, "rank", default=32, min=1, max=1024,
                     tooltip="Rank of every layer (or the cap, for the other rank policies)."),
                 inp(io.String, "filename_prefix", default="extracted/lora",

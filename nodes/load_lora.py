@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from .compat import inp, io, out, schema
+from .fetching import record_models, resolve_with_models
 from .lora_apply import apply_lora, load_lora_file
-from .sources import file_fingerprint, resolve_local
+from .sources import file_fingerprint
 
 
 def lora_source_input() -> io.Input:
     """The ``source`` input of the nodes that read one LoRA file."""
     return inp(io.String, "source", default="",
-               tooltip="The LoRA: a file name in the loras folder (as the core LoRA loader lists it).")
+               tooltip=("The LoRA: a file name in the loras folder (as the core LoRA loader lists it), or a "
+                        "Civitai/Hugging Face URL, AIR, hf://org/repo/file or sha256:/autov2:/autov3: hash, "
+                        "fetched into the loras folder and verified first (see Fetch Model)."))
 
 
 class WorkbenchLoadLora(io.ComfyNode):
@@ -44,6 +47,7 @@ class WorkbenchLoadLora(io.ComfyNode):
                 out(io.String, "report", display_name="report",
                     tooltip="What was applied per block, and which file keys were not applied and why."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -55,6 +59,9 @@ class WorkbenchLoadLora(io.ComfyNode):
     @classmethod
     def execute(cls, model, source, strength_model, strength_clip, blocks, clip=None) -> io.NodeOutput:
         name = source.strip()
-        lora = load_lora_file(resolve_local("loras", name))
+        path, models, fetched = resolve_with_models("loras", name)
+        lora = load_lora_file(path)
         new_model, new_clip, report = apply_lora(model, clip, lora, name, strength_model, strength_clip, blocks)
-        return io.NodeOutput(new_model, new_clip, report.text())
+        record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, models)
+        text = report.text() if fetched is None else f"{fetched}\n{report.text()}"
+        return io.NodeOutput(new_model, new_clip, text, ui={"workbench_models": models} if models else None)

@@ -1,4 +1,5 @@
-"""Resolve a ``source`` input to a file in a ComfyUI model folder."""
+"""Resolve a ``source`` input to a file in a ComfyUI model folder: a name already there, or any
+remote form (URL, AIR, ``hf://``, hash), fetched through :mod:`nodes.fetching`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import folder_paths
 
 # The remote forms DESIGN.md lists (and other URL schemes), recognised so that the error
 # says what they are.
-_REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|urn:air:|civitai:|sha256:|autov2:|autov3:)", re.IGNORECASE)
+_REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|urn:air:|air:|civitai:|sha256:|autov1:|autov2:|autov3:|crc32:)",
+                     re.IGNORECASE)
 
 
 class SourceError(ValueError):
@@ -21,18 +23,18 @@ def resolve_local(folder: str, source: str) -> str:
     """Absolute path of ``source`` in the model folder ``folder`` (e.g. ``"loras"``).
 
     Looks in every path of the folder, ``extra_model_paths.yaml`` ones included, the way
-    ComfyUI's own loaders do. Raises :class:`SourceError` for an empty source, a URL or hash
-    reference (fetching is a separate step: see the README), or a name that is not there,
-    listing a few of the names that are.
+    ComfyUI's own loaders do; a URL, AIR, ``hf://`` or hash source is fetched into the folder
+    (or found there by its hash) first. Raises :class:`SourceError` for an empty source or a
+    name that is not there, listing a few of the names that are; fetch errors as
+    :func:`nodes.fetching.fetch_source` raises them.
     """
     name = (source or "").strip()
     if not name:
         raise SourceError(f"No {folder} file given: set source to a file name from the {folder} folder.")
     if _REMOTE.match(name):
-        raise SourceError(
-            f"source {name!r} is a remote reference; this version of LoRA Workbench loads files "
-            f"already in the {folder} folder. Download the file into "
-            f"{folder_paths.get_folder_paths(folder)[0]} and set source to its name.")
+        from .fetching import fetch_source
+
+        return fetch_source(folder, name).path
     path = folder_paths.get_full_path(folder, name)
     if path is not None and not os.path.isfile(path):
         raise SourceError(f"{name!r} is listed in the {folder} folder but cannot be opened as a file ({path}): "
@@ -71,6 +73,11 @@ def file_fingerprint(folders: str | tuple[str, ...], source: str) -> tuple:
     """What identifies a source's current file for ComfyUI's output cache: its path, size and
     modification time (bytes, nanoseconds); the source text alone when it does not resolve
     (execution then reports why). ``folders``: one model folder name or several, in order."""
+    if _REMOTE.match((source or "").strip()):
+        # Never the network here: the content hash this source had last time, else the text.
+        from .fetching import known_sha256
+
+        return (source.strip(), known_sha256(source.strip()))
     try:
         path = resolve_first((folders,) if isinstance(folders, str) else folders, source.strip())
         st = os.stat(path)

@@ -28,8 +28,11 @@ def _require_host() -> None:
         pytest.exit("the host is not set up: run `make test` (or scripts/setup.sh) first", returncode=2)
 
 
-def make_base_dir(root: Path) -> Path:
-    """A ComfyUI base directory under ``root`` with this pack and the demo models linked in."""
+def make_base_dir(root: Path, models: tuple[str, ...] | None = None, link_real: bool = True,
+                  settings: dict | None = None) -> Path:
+    """A ComfyUI base directory under ``root`` with this pack and the demo models linked in
+    (only ``models`` when given), the real LoRA fixtures as ``loras/real`` (unless ``link_real``
+    is False) and, when given, the pack's private ``settings.json``."""
     base = root / "base"
     for sub in ("custom_nodes", "input", "output", "user", "models/checkpoints",
                 "models/diffusion_models", "models/loras"):
@@ -37,10 +40,14 @@ def make_base_dir(root: Path) -> Path:
     (base / "custom_nodes" / "lora-workbench").symlink_to(REPO)
     manifest = json.loads((MODELS / "manifest.json").read_text())
     for name, entry in manifest.items():
-        if entry["folder"]:
+        if entry["folder"] and (models is None or name in models):
             (base / "models" / entry["folder"] / name).symlink_to(MODELS.resolve() / name)
-    if REAL_LORAS.is_dir():
+    if link_real and REAL_LORAS.is_dir():
         (base / "models" / "loras" / "real").symlink_to(REAL_LORAS)
+    if settings is not None:
+        private = base / "user" / "__lora_workbench"
+        private.mkdir(parents=True, exist_ok=True)
+        (private / "settings.json").write_text(json.dumps(settings))
     return base
 
 
@@ -100,8 +107,8 @@ def free_port() -> int:
 class Server:
     """A running ComfyUI server: ``url``, ``base`` (its base directory), ``log_path``."""
 
-    def __init__(self, root: Path):
-        self.base = make_base_dir(root)
+    def __init__(self, root: Path, env: dict | None = None, **base_options):
+        self.base = make_base_dir(root, **base_options)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "server.log"
@@ -111,7 +118,8 @@ class Server:
                "--base-directory", str(self.base),
                "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=root,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                     preexec_fn=_die_with_parent)
 
     def wait_ready(self, timeout: float = 240.0) -> None:
         import requests

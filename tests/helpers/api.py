@@ -16,13 +16,16 @@ class PromptFailed(AssertionError):
         super().__init__(message)
 
 
-def run_prompt(url: str, prompt: dict, timeout: float = 600.0) -> dict:
+def run_prompt(url: str, prompt: dict, timeout: float = 600.0, extra_data: dict | None = None) -> dict:
     """POST ``prompt`` to ``/prompt``, wait until it finishes, return its ``/history`` entry.
 
     Raises :class:`PromptFailed` with the host's message when validation rejects the
     prompt or a node raises while executing.
     """
-    r = requests.post(f"{url}/prompt", json={"prompt": prompt, "client_id": uuid.uuid4().hex}, timeout=30)
+    body = {"prompt": prompt, "client_id": uuid.uuid4().hex}
+    if extra_data:
+        body["extra_data"] = extra_data
+    r = requests.post(f"{url}/prompt", json=body, timeout=30)
     if r.status_code != 200:
         body = r.json()
         raise PromptFailed(f"prompt rejected: {body}", body)

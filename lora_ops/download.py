@@ -1,0 +1,490 @@
+"""Download one planned file into a model folder: resumable, verified, published atomically.
+
+The bytes go to ``<name>.<random>.part`` in the destination folder (ComfyUI lists only model
+extensions, so a part file never shows up in a loader's list), with a ``.part.json`` sidecar
+holding what identifies the object (expected SHA-256 or URL, ETag/Last-Modified, size). Only after
+the size, the SHA-256 (computed while streaming) and the content (a safetensors header that
+parses and whose tensors tile the file exactly; pickle refused unless allowed) all check out is
+the part renamed onto the final name with ``os.replace``. Nothing unverified ever has the final name.
+
+Resuming: a later run adopts a part whose sidecar matches and whose writer is gone (its process
+is dead, or it has not grown for twice the stall timeout), re-hashes the bytes it has, and asks
+for the rest with ``Range`` and ``If-Range``. Only a ``206`` starting at the right byte with the
+right total is appended; a ``200`` (Range ignored or the object changed) restarts cleanly from
+byte 0; a signed URL that has expired (400/401/403 from the storage host) is replaced by asking
+the origin URL again.
+
+Concurrency: one transfer per object in a process (a thread lock), and across processes a
+``filelock`` lock in the private folder, so a second worker waits and then finds the published
+file. Correctness does not rest on the lock: each writer has its own part file, adoption is an
+atomic rename, and every publish is verified first, so two writers that both run (the lock is a
+no-op on some network file systems) publish identical verified bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from .fetch_settings import FetchSettings
+from .hashing import StreamHasher
+from .http_client import Client, FetchError
+from .netguard import content_disposition_filename, for_log, safe_filename, safe_join
+from .remote import Plan, explain
+from .safetensors_io import SafetensorsError, read_header, sniff_non_safetensors
+
+log = logging.getLogger("lora_workbench.fetch")
+
+CHUNK = 1 << 20
+PART_SUFFIX = ".part"
+SAFETENSORS_EXT = (".safetensors", ".sft")
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass
+class Downloaded:
+    """A published, verified file: ``path`` absolute, ``size`` bytes, ``sha256`` lower-case hex;
+    ``transferred`` bytes received in this run, ``resumed_from`` the byte a resume started at,
+    ``seconds`` wall time of the transfer; ``fresh`` False when the file was already there."""
+
+    path: str
+    size: int
+    sha256: str
+    fresh: bool
+    transferred: int = 0
+    resumed_from: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _process_lock(key: str) -> threading.Lock:
+    with _process_locks_guard:
+        return _process_locks.setdefault(key, threading.Lock())
+
+
+def _alive(pid: int, host: str) -> bool:
+    """Whether the writer of a part may still be writing it."""
+    if host != socket.gethostname():
+        return True  # cannot tell: rely on staleness
+    if pid == os.getpid():
+        return False  # this process holds the key's lock, so none of its threads is writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Part:
+    """One writer's part file and its sidecar."""
+
+    def __init__(self, path: str, meta: dict):
+        self.path = path
+        self.meta = meta
+
+    @property
+    def sidecar(self) -> str:
+        return self.path + ".json"
+
+    def save_meta(self) -> None:
+        tmp = f"{self.sidecar}.{uuid.uuid4().hex[:6]}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.meta, f)
+        os.replace(tmp, self.sidecar)
+
+    def size(self) -> int:
+        try:
+            return os.path.getsize(self.path)
+        except FileNotFoundError:
+            return 0
+
+    def remove(self) -> None:
+        for p in (self.path, self.sidecar):
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass
+
+
+def _new_part(folder: str, stem: str, key: str) -> _Part:
+    path = os.path.join(folder, f"{stem}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.close(fd)
+    part = _Part(path, {"key": key, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+    part.save_meta()
+    return part
+
+
+def _adopt_part(folder: str, key: str, stall_s: float) -> _Part | None:
+    """Claim a resumable part for ``key`` left by a writer that is gone; None when there is none."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return None
+    for name in sorted(names):
+        if not name.endswith(PART_SUFFIX + ".json"):
+            continue
+        sidecar = os.path.join(folder, name)
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                meta = json.load(f)
+            part_path = sidecar[:-5]
+            st = os.stat(part_path)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            continue
+        stale = time.time() - st.st_mtime > 2 * stall_s
+        if _alive(int(meta.get("pid", 0)), str(meta.get("host", ""))) and not stale:
+            continue
+        stem = os.path.basename(part_path).rsplit(".", 2)[0]
+        mine = os.path.join(folder, f"{stem}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+        try:
+            os.rename(part_path, mine)  # atomic: only one adopter wins
+        except FileNotFoundError:
+            continue
+        try:
+            os.remove(sidecar)
+        except FileNotFoundError:
+            pass
+        meta.update(pid=os.getpid(), host=socket.gethostname())
+        part = _Part(mine, meta)
+        part.save_meta()
+        return part
+    return None
+
+
+def check_content(path: str, name: str, allow_pickle: bool) -> tuple[str, list[str]]:
+    """Check what the bytes at ``path`` are, before they get the name ``name``.
+
+    Returns the name to publish under (a safetensors file named ``.ckpt``/``.pt``/``.bin`` gets
+    ``.safetensors``, since ComfyUI picks the loader by extension) and notes. Raises
+    :class:`~lora_ops.safetensors_io.SafetensorsError` for a structurally invalid safetensors file,
+    HTML/JSON/text/LFS pointers, and pickle content unless ``allow_pickle`` (and always for pickle
+    content named ``.safetensors``).
+    """
+    with open(path, "rb") as f:
+        head = f.read(72)
+    notes: list[str] = []
+    lower = name.lower()
+    if head[8:9] == b"{" or lower.endswith(SAFETENSORS_EXT):
+        read_header(path)  # raises with the reason and the fix
+        if not lower.endswith(SAFETENSORS_EXT):
+            new = os.path.splitext(name)[0] + ".safetensors"
+            notes.append(f"{name} holds safetensors data; saved as {new} so ComfyUI reads it as such.")
+            name = new
+        return name, notes
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        if not allow_pickle:
+            raise SafetensorsError(name, "is a pickle (PyTorch .ckpt/.pt) file, which can run code when loaded; "
+                                   "it was not saved", "Use a .safetensors release of this model, or set "
+                                   "\"allow_pickle\": true in the pack's settings file if you trust its source")
+        notes.append(f"{name} is a pickle file, accepted because allow_pickle is set.")
+        return name, notes
+    if head.startswith(b"GGUF"):
+        return name, notes
+    sniffed = sniff_non_safetensors(name, head)
+    if sniffed is not None:
+        raise sniffed
+    notes.append(f"{name}: format not recognised, so only its size and hash were checked.")
+    return name, notes
+
+
+def _content_range(value: str | None) -> tuple[int, int | None] | None:
+    # "bytes <start>-<end>/<total or *>"
+    if not value or not value.startswith("bytes "):
+        return None
+    try:
+        span, _, total = value[6:].partition("/")
+        start = int(span.split("-")[0])
+        return start, (int(total) if total.strip().isdigit() else None)
+    except ValueError:
+        return None
+
+
+class Downloader:
+    """Runs :meth:`download` for plans; ``progress(bytes_done, bytes_total_or_None)`` is called for
+    every chunk and may raise to cancel (the part stays resumable)."""
+
+    def __init__(self, client: Client, settings: FetchSettings, lock_dir: str | None,
+                 progress: Progress | None = None):
+        self.client = client
+        self.settings = settings
+        self.lock_dir = lock_dir
+        self.progress = progress or (lambda done, total: None)
+
+    def download(self, plan: Plan, folder: str, filename: str | None = None,
+                 expected_sha256: str | None = None) -> Downloaded:
+        """Fetch ``plan`` into the model folder ``folder`` (an absolute path).
+
+        ``filename``: the name to save under (a relative path; else the plan's, the server's
+        ``Content-Disposition`` or the URL's). ``expected_sha256`` overrides the plan's.
+        Raises :class:`FetchError` (transfer or verification failed; a part file is kept when
+        resuming can help, a mismatching file is kept as ``<name>.sha256-mismatch.part``),
+        ``SafetensorsError`` (bad content, discarded), ``UnsafeError`` (refused URL or name).
+        """
+        if expected_sha256:
+            plan.expected_sha256 = expected_sha256.lower()
+        key = plan.key()
+        os.makedirs(folder, exist_ok=True)
+        with _process_lock(key):
+            lock = FileLock(os.path.join(self.lock_dir, f"{_key_hash(key)}.lock")) if self.lock_dir else None
+            if lock is not None:
+                os.makedirs(self.lock_dir, exist_ok=True)
+                while True:
+                    try:
+                        lock.acquire(timeout=0.25)
+                        break
+                    except LockTimeout:
+                        self.client.check_cancel()
+            try:
+                return self._download_locked(plan, folder, filename, key)
+            finally:
+                if lock is not None:
+                    lock.release()
+
+    def _existing(self, plan: Plan, folder: str, name: str) -> Downloaded | None:
+        dest = safe_join(folder, name)
+        if not os.path.isfile(dest):
+            return None
+        from .hashing import sha256_file
+
+        sha = sha256_file(dest)
+        if plan.expected_sha256 and sha != plan.expected_sha256:
+            raise FetchError(f"{dest} already exists with different content (SHA-256 {sha}, expected "
+                             f"{plan.expected_sha256}). Rename or delete it, or give the node another filename.")
+        return Downloaded(dest, os.path.getsize(dest), sha, fresh=False)
+
+    def _download_locked(self, plan: Plan, folder: str, filename: str | None, key: str) -> Downloaded:
+        name = filename or plan.filename
+        if name:
+            found = self._existing(plan, folder, name)
+            if found is not None:
+                return found
+        stem = safe_filename(name.rsplit("/", 1)[-1]) if name else f"download-{_key_hash(key)[:8]}"
+        part = _adopt_part(folder, key, self.settings.stall_timeout_s) or _new_part(folder, stem, key)
+        started = time.monotonic()
+        resumed_from = part.size()
+        try:
+            sha, total, final_url, disposition = self._transfer(plan, part)
+        except BaseException:
+            if part.size() == 0:
+                part.remove()  # nothing to resume: leave no trace
+            raise
+        seconds = time.monotonic() - started
+        size = part.size()
+        # -- verify: size, then SHA-256, then content -----------------------------------------
+        expected = plan.expected_size
+        if total is not None and size != total:
+            raise FetchError(f"download of {for_log(plan.url)} ended at {size} of {total} bytes; run again to resume.")
+        if expected is not None and abs(size - expected) > plan.size_tolerance:
+            part.remove()
+            raise FetchError(f"{for_log(plan.url)} sent {size} bytes but the host lists the file as {expected} "
+                             "bytes; the file on the host may have changed. Nothing was saved.")
+        if plan.expected_sha256 and sha != plan.expected_sha256:
+            bad = os.path.join(folder, f"{stem}.sha256-mismatch{PART_SUFFIX}")
+            os.replace(part.path, bad)
+            part.remove()
+            raise FetchError(f"{stem}: downloaded bytes have SHA-256 {sha}, expected {plan.expected_sha256}. "
+                             f"Kept as {bad} and not used. If the host replaced the file on purpose, give its new "
+                             "SHA-256 as the expected hash; otherwise try again later.")
+        if not name:
+            name = safe_filename(content_disposition_filename(disposition)
+                                 or urlsplit(final_url).path.rsplit("/", 1)[-1]
+                                 or urlsplit(plan.url).path.rsplit("/", 1)[-1], "file name from the server")
+            found = self._existing(plan.__class__(plan.url, name, expected_sha256=sha), folder, name) \
+                if os.path.isfile(safe_join(folder, name)) else None
+            if found is not None:
+                part.remove()
+                found.notes.append(f"{name} was already there with the same content.")
+                return found
+        try:
+            publish_name, notes = check_content(part.path, name, self.settings.allow_pickle)
+        except SafetensorsError:
+            part.remove()
+            raise
+        if plan.pickle_declared and not self.settings.allow_pickle:
+            part.remove()
+            raise FetchError(f"{name}: the host declares this file as a pickle (PickleTensor) model; refused. "
+                             "Choose the SafeTensor file of this model version.")
+        dest = safe_join(folder, publish_name)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(part.path, "rb") as f:
+            os.fsync(f.fileno())
+        if os.path.exists(dest):
+            # Another writer published while we downloaded: identical bytes are fine, others are not overwritten.
+            from .hashing import sha256_file
+
+            if sha256_file(dest) != sha:
+                raise FetchError(f"{dest} appeared with different content while downloading; the download is "
+                                 f"kept as {part.path}. Rename one of them.")
+            part.remove()
+        else:
+            os.replace(part.path, dest)
+            try:
+                os.remove(part.sidecar)
+            except FileNotFoundError:
+                pass
+        return Downloaded(dest, size, sha, fresh=True, transferred=size - resumed_from, resumed_from=resumed_from,
+                          seconds=seconds, notes=plan.notes + notes)
+
+    def _transfer(self, plan: Plan, part: _Part) -> tuple[str, int | None, str, str | None]:
+        """Fill ``part`` with the object's bytes. Returns (sha256, total or None, final URL,
+        Content-Disposition)."""
+        settings = self.settings
+        have = part.size()
+        hasher = StreamHasher.from_file_prefix(part.path, have) if have else StreamHasher()
+        total = part.meta.get("total")
+        url = plan.url  # the origin; a signed storage URL is reused for resumes until it fails
+        signed: str | None = None
+        failures = 0
+        refreshes = 0
+        disposition = part.meta.get("disposition")
+        while True:
+            if total is not None and have == total:
+                return hasher.hexdigest(), total, signed or url, disposition
+            headers = {}
+            validator = part.meta.get("etag") or part.meta.get("last_modified")
+            if have:
+                headers["Range"] = f"bytes={have}-"
+                if validator:
+                    headers["If-Range"] = validator
+            self.client.check_cancel()
+            try:
+                answer = self.client.open("GET", signed or url, headers, use_token=plan.use_token)
+            except (Urllib3Error, OSError) as e:
+                failures += 1
+                self._retry_or_fail(failures, f"connection failed ({type(e).__name__})", None, plan)
+                continue
+            status = answer.status
+            storage_host = urlsplit(answer.url).hostname != urlsplit(url).hostname
+            if status in (400, 401, 403) and (signed is not None or storage_host):
+                # A signed storage URL that expired (or one the storage refuses): ask the origin for
+                # a fresh one and resume. Once for a fresh redirect, a few times for reused ones.
+                if refreshes < 3 and (signed is not None or refreshes == 0):
+                    answer.close()
+                    refreshes += 1
+                    signed = None
+                    log.info("storage URL refused (%s); asking %s again", status, for_log(url))
+                    continue
+                raise explain(answer, f"download of {for_log(plan.url)}", settings)
+            if status in (429, 500, 502, 503, 504):
+                retry_after = answer.header("Retry-After")
+                answer.close()
+                failures += 1
+                self._retry_or_fail(failures, f"HTTP {status}", retry_after, plan)
+                continue
+            if status == 416:
+                answer.close()
+                _restart(part)
+                have, hasher, total = 0, StreamHasher(), None
+                continue
+            if status >= 400 or status not in (200, 206):
+                raise explain(answer, f"download of {for_log(plan.url)}", settings)
+            length = answer.header("Content-Length")
+            if status == 206:
+                cr = _content_range(answer.header("Content-Range"))
+                if cr is None or cr[0] != have or (total is not None and cr[1] is not None and cr[1] != total):
+                    # Not the continuation we asked for: start over without Range.
+                    answer.close()
+                    _restart(part)
+                    have, hasher = 0, StreamHasher()
+                    part.meta.pop("etag", None)
+                    part.meta.pop("last_modified", None)
+                    continue
+                total = cr[1] if cr[1] is not None else total
+            else:
+                if have:
+                    log.info("%s ignored the Range request; starting over", for_log(url))
+                    _restart(part)
+                    have, hasher = 0, StreamHasher()
+                total = int(length) if length and length.isdigit() else None
+                part.meta.update(total=total, etag=_strong_etag(answer.header("ETag")),
+                                 last_modified=answer.header("Last-Modified"), url=for_log(plan.url),
+                                 disposition=answer.header("Content-Disposition"))
+                disposition = part.meta["disposition"]
+                part.save_meta()
+            if plan.expected_size is not None and total is not None and \
+                    abs(total - plan.expected_size) > plan.size_tolerance:
+                answer.close()
+                raise FetchError(f"{for_log(plan.url)} announces {total} bytes but the file is listed as "
+                                 f"{plan.expected_size} bytes; nothing was saved. The file on the host may have "
+                                 "changed: check the model page.")
+            if answer.url != url:
+                signed = answer.url
+            before = have
+            try:
+                have = self._stream(answer, part, hasher, have, total)
+            except (Urllib3Error, OSError) as e:
+                if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
+                    raise  # a local write error (disk full): not the network's fault
+                failures = 0 if have > before else failures + 1
+                have = part.size()
+                self._retry_or_fail(failures + 1, f"connection dropped at byte {have} ({type(e).__name__})",
+                                    None, plan)
+                continue
+            finally:
+                answer.close()
+            if total is None:
+                return hasher.hexdigest(), None, signed or url, disposition
+            if have < total:
+                failures = 0 if have > before else failures + 1
+                self._retry_or_fail(failures + 1, f"connection closed at byte {have} of {total}", None, plan)
+
+    def _stream(self, answer, part: _Part, hasher: StreamHasher, have: int, total: int | None) -> int:
+        with open(part.path, "r+b" if have else "wb") as f:
+            f.seek(have)
+            f.truncate()
+            # read1: whatever has arrived (up to CHUNK), so a stall loses no received bytes.
+            while chunk := answer.response.read1(CHUNK):
+                if total is not None and have + len(chunk) > total:
+                    raise FetchError(f"{for_log(answer.url)} sent more bytes than the {total} it announced; "
+                                     "nothing was saved. Try again later.")
+                f.write(chunk)
+                hasher.update(chunk)
+                have += len(chunk)
+                self.progress(have, total)
+        return have
+
+    def _retry_or_fail(self, failures: int, what: str, retry_after: str | None, plan: Plan) -> None:
+        if failures > self.settings.retries:
+            raise FetchError(f"download of {for_log(plan.url)}: {what}, still after {self.settings.retries} "
+                             "retries. The part downloaded so far is kept; run again to resume.")
+        wait = self.client.backoff_s(failures - 1, retry_after)
+        log.info("%s: %s; retrying in %.1f s", for_log(plan.url), what, wait)
+        self.client.sleep(wait)
+
+
+def _restart(part: _Part) -> None:
+    """Empty ``part`` so the transfer starts again from byte 0."""
+    with open(part.path, "wb"):
+        pass
+
+
+def _strong_etag(value: str | None) -> str | None:
+    # If-Range needs a strong validator; a weak ETag (W/...) cannot be used.
+    if not value or value.startswith("W/"):
+        return None
+    return value

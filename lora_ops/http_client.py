@@ -1,0 +1,209 @@
+"""HTTP for fetching, on urllib3, with the safety rules applied to every hop.
+
+Redirects are followed here, one hop at a time, so that each hop is checked again:
+the scheme (https; http only to loopback when allowed), the resolved addresses
+(:func:`lora_ops.netguard.vet_address`, then the connection goes to the vetted address with the
+original name for TLS and ``Host``, so DNS rebinding cannot redirect it), and the
+``Authorization`` header, which goes only to hosts of the token's own family and is dropped on
+any other hop (object stores reject it, and it must not leak).
+
+:func:`request` retries connection errors, 5xx and 429 with exponential backoff and jitter,
+honouring ``Retry-After``; it never retries 4xx answers, which are turned into
+:class:`HttpError` by the caller with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from .fetch_settings import FetchSettings
+from .netguard import UnsafeError, for_log, host_matches, is_loopback_host, vet_address
+
+log = logging.getLogger("lora_workbench.fetch")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_RETRY_AFTER_S = 300.0
+
+
+class FetchError(RuntimeError):
+    """A fetch that cannot succeed as asked; the message says what happened and the fix.
+    ``status`` is the HTTP status when the error came from an answer."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class Cancelled(Exception):
+    """Raised by a cancel check to stop a transfer (ComfyUI's interrupt is re-raised as-is)."""
+
+
+@dataclass
+class Answer:
+    """An open response: ``url`` is the final URL after redirects (may be a signed URL: never log
+    it unscrubbed), ``origin_url`` the first one, ``auth_sent`` whether a token went with the last hop."""
+
+    response: urllib3.BaseHTTPResponse
+    url: str
+    origin_url: str
+    auth_sent: bool
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    def header(self, name: str) -> str | None:
+        return self.response.headers.get(name)
+
+    def close(self) -> None:
+        self.response.release_conn()
+        self.response.close()
+
+    def json(self, limit: int = 32 * 2**20):
+        import json
+
+        data = self.response.read(limit + 1, decode_content=True)
+        self.close()
+        if len(data) > limit:
+            raise FetchError(f"{for_log(self.url)} answered more than {limit} bytes of JSON.")
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise FetchError(f"{for_log(self.url)} did not answer JSON (status {self.status}): "
+                             f"{data[:200]!r}", self.status) from None
+
+
+def token_for(url: str, settings: FetchSettings) -> str | None:
+    """The token bound to ``url``'s host family, or None (see :class:`FetchSettings`)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if settings.civitai_token and host_matches(host, settings.civitai_hosts()):
+        return settings.civitai_token
+    if settings.hf_token and host_matches(host, settings.hf_hosts()):
+        return settings.hf_token
+    return None
+
+
+class Client:
+    """Connection pools per (vetted address, port, TLS name); one per fetch session, thread-safe."""
+
+    def __init__(self, settings: FetchSettings, check_cancel: Callable[[], None] | None = None):
+        self.settings = settings
+        self.check_cancel = check_cancel or (lambda: None)
+        self._pools: dict[tuple, urllib3.HTTPConnectionPool] = {}
+
+    def _pool(self, scheme: str, host: str, port: int) -> urllib3.HTTPConnectionPool:
+        allow_loop = self.settings.allow_loopback
+        addrs = vet_address(host, port, allow_loop)
+        if scheme == "http" and not (allow_loop and is_loopback_host(host)):
+            raise UnsafeError(f"refused plain http:// to {host}: downloads use https:// (http is allowed only "
+                              "for loopback mirrors with \"allow_loopback\": true in the settings file).")
+        key = (scheme, host, port, addrs[0])
+        pool = self._pools.get(key)
+        if pool is None:
+            timeout = urllib3.Timeout(connect=self.settings.connect_timeout_s, read=self.settings.stall_timeout_s)
+            common = dict(port=port, timeout=timeout, retries=False, maxsize=4, block=False)
+            if scheme == "https":
+                pool = urllib3.HTTPSConnectionPool(addrs[0], server_hostname=host, assert_hostname=host,
+                                                   cert_reqs="CERT_REQUIRED", **common)
+            else:
+                pool = urllib3.HTTPConnectionPool(addrs[0], **common)
+            self._pools[key] = pool
+        return pool
+
+    def open(self, method: str, url: str, headers: dict | None = None, use_token: bool = True,
+             follow: bool = True) -> Answer:
+        """One request, following up to ``max_redirects`` redirects (when ``follow``), each hop vetted.
+
+        Returns an :class:`Answer` for the final non-redirect response (any status; the body
+        is not read). Raises :class:`UnsafeError` for a refused hop, :class:`FetchError` for
+        too many redirects, and urllib3 errors for connection failures.
+        """
+        origin = url
+        for _hop in range(self.settings.max_redirects + 1):
+            parts = urlsplit(url)
+            scheme = parts.scheme.lower()
+            if scheme not in ("https", "http"):
+                raise UnsafeError(f"refused redirect to {for_log(url)}: only https:// is followed.")
+            host = (parts.hostname or "").lower()
+            port = parts.port or (443 if scheme == "https" else 80)
+            pool = self._pool(scheme, host, port)
+            hdrs = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
+                    "Host": host if parts.port is None else f"{host}:{parts.port}"}
+            hdrs.update(headers or {})
+            token = token_for(url, self.settings) if use_token else None
+            if token:
+                hdrs["Authorization"] = f"Bearer {token}"
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            resp = pool.urlopen(method, path, headers=hdrs, redirect=False, retries=False,
+                                preload_content=False, assert_same_host=False)
+            location = resp.headers.get("Location")
+            if follow and resp.status in REDIRECTS and location:
+                resp.drain_conn()
+                resp.release_conn()
+                nxt = urljoin(url, location)
+                log.debug("redirect %s -> %s", for_log(url), for_log(nxt))
+                if method == "POST" and resp.status == 303:
+                    method = "GET"
+                url = nxt
+                continue
+            return Answer(resp, url, origin, bool(token))
+        raise FetchError(f"{for_log(origin)} redirected more than {self.settings.max_redirects} times; "
+                         "check the URL in a browser.")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` in short steps, calling the cancel check between them."""
+        end = time.monotonic() + seconds
+        while True:
+            self.check_cancel()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.2))
+
+    def backoff_s(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based): ``Retry-After`` when given (seconds or
+        an HTTP date, capped at 300 s), else ``backoff_s * 2**attempt`` with +-50 % jitter, capped at 60 s."""
+        if retry_after:
+            try:
+                return min(MAX_RETRY_AFTER_S, max(0.0, float(retry_after)))
+            except ValueError:
+                when = email.utils.parsedate_to_datetime(retry_after) if retry_after else None
+                if when is not None:
+                    return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - time.time()))
+        return min(60.0, self.settings.backoff_s * 2 ** attempt) * (0.5 + random.random())
+
+    def request(self, method: str, url: str, headers: dict | None = None, use_token: bool = True,
+                follow: bool = True) -> Answer:
+        """:meth:`open` with retries: connection errors, 5xx and 429 are retried up to ``retries``
+        times with :meth:`backoff_s`; any other answer is returned as it is. Raises
+        :class:`FetchError` when the retries run out (naming the last failure)."""
+        last = ""
+        for attempt in range(self.settings.retries + 1):
+            self.check_cancel()
+            try:
+                answer = self.open(method, url, headers, use_token, follow)
+            except (Urllib3Error, OSError) as e:
+                last = f"connection failed ({type(e).__name__})"
+                retry_after = None
+            else:
+                if answer.status not in RETRY_STATUSES:
+                    return answer
+                retry_after = answer.header("Retry-After")
+                last = f"HTTP {answer.status}"
+                answer.close()
+            if attempt < self.settings.retries:
+                wait = self.backoff_s(attempt, retry_after)
+                log.info("%s: %s; retrying in %.1f s", for_log(url), last, wait)
+                self.sleep(wait)
+        raise FetchError(f"{for_log(url)}: {last}, still after {self.settings.retries} retries. "
+                         "The server may be down or rate-limiting; try again later.")

@@ -1,0 +1,281 @@
+"""Turn a remote reference into a download :class:`Plan`, using Civitai's and Hugging Face's APIs.
+
+* Civitai (API as its developer docs and site code define it): ``GET /api/v1/model-versions/<id>``
+  (``/api/v1/models/<id>`` first when only a model id is known, taking its newest version) and
+  ``GET /api/v1/model-versions/by-hash/<hash>``. The file is chosen by ``fileId``, then the
+  download URL's ``type``/``format``/``size``/``fp`` filters, then ``primary``, then the first
+  SafeTensor model file. Expected SHA-256 from ``hashes.SHA256``; size from ``sizeKB`` (rounded,
+  so checked to within 1 KiB).
+* Hugging Face: ``HEAD <endpoint>/<repo>/resolve/<revision>/<path>`` without following the CDN
+  redirect; ``X-Linked-Etag`` is the SHA-256 of an LFS file, ``X-Linked-Size`` its size and
+  ``X-Repo-Commit`` the commit, which is pinned in the recorded URL.
+* Other URLs: only hosts in ``allowed_hosts`` (or loopback when allowed); nothing known up front.
+
+Errors are :class:`~lora_ops.http_client.FetchError` saying what to do (which token, accept the
+model's terms, early access until when).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+from .fetch_settings import FetchSettings
+from .http_client import Answer, Client, FetchError
+from .netguard import for_log, host_matches, is_loopback_host, safe_filename
+from .source_ref import CivitaiRef, HashRef, HFRef, Ref, UrlRef, describe
+
+log = logging.getLogger("lora_workbench.fetch")
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass
+class Plan:
+    """What to download. ``url`` is where the transfer starts (it may redirect to a signed URL,
+    which is never stored); sizes in bytes; ``expected_sha256`` lower-case hex or None;
+    ``provenance`` is token-free and safe to record in a workflow."""
+
+    url: str
+    filename: str | None
+    expected_size: int | None = None
+    size_tolerance: int = 0
+    expected_sha256: str | None = None
+    provenance: dict = field(default_factory=dict)
+    pickle_declared: bool = False
+    notes: list[str] = field(default_factory=list)
+    use_token: bool = True
+
+    def key(self) -> str:
+        """What identifies the object across runs (for resuming and locking)."""
+        return self.expected_sha256 or self.provenance.get("url") or self.url
+
+
+def explain(answer: Answer, what: str, settings: FetchSettings) -> FetchError:
+    """A :class:`FetchError` for a 4xx answer, naming the fix. Reads (and closes) the body."""
+    status = answer.status
+    body: dict = {}
+    try:
+        if "json" in (answer.header("Content-Type") or ""):
+            data = answer.json(64 * 1024)
+            body = data if isinstance(data, dict) else {}
+        else:
+            answer.close()
+    except FetchError:
+        pass
+    host = (urlsplit(answer.url).hostname or "").lower()
+    server_says = f" The server says: {str(body.get('message') or body.get('error'))[:300]}" if body else ""
+    civitai = host_matches(host, settings.civitai_hosts())
+    hf = host_matches(host, settings.hf_hosts())
+    if status == 401:
+        if civitai:
+            fix = ("The Civitai token was refused: check CIVITAI_API_TOKEN (or civitai_token in the settings file)."
+                   if answer.auth_sent else
+                   "Civitai needs an API token for this download: create one at civitai.com (Account settings, "
+                   "API keys) and set CIVITAI_API_TOKEN in ComfyUI's environment, or civitai_token in the "
+                   "pack's settings file (user/__lora_workbench/settings.json).")
+        elif hf:
+            fix = ("This repository is gated or private: accept its terms on the model page, then set HF_TOKEN "
+                   "(a Hugging Face access token) in ComfyUI's environment.")
+        else:
+            fix = "The host needs credentials, which LoRA Workbench only sends to Civitai and Hugging Face."
+        return FetchError(f"{what}: {for_log(answer.url)} answered 401 Unauthorized. {fix}{server_says}", status)
+    if status == 403:
+        if str(body.get("error", "")).lower().startswith("early access"):
+            deadline = body.get("deadline") or "a date Civitai shows on the model page"
+            return FetchError(f"{what} is in Early Access until {deadline}: download it then, or buy early "
+                              "access on Civitai and set CIVITAI_API_TOKEN.", status)
+        fix = ("Accept the model's terms on its Hugging Face page with the account whose HF_TOKEN is set."
+               if hf else "Open the model page in a browser while logged in to see why (terms, region, access).")
+        return FetchError(f"{what}: {for_log(answer.url)} answered 403 Forbidden. {fix}{server_says}", status)
+    if status == 404:
+        return FetchError(f"{what}: not found ({for_log(answer.url)} answered 404). Check the id, revision or "
+                          "file name; a private repository also answers 404 without a token.", status)
+    if status == 410:
+        return FetchError(f"{what} was removed or archived by its host (410 Gone); look for another "
+                          "source of the same file (its SHA-256 finds copies).", status)
+    return FetchError(f"{what}: {for_log(answer.url)} answered HTTP {status}.{server_says}", status)
+
+
+class Resolver:
+    """Makes :class:`Plan` objects; one per fetch (it holds the client)."""
+
+    def __init__(self, client: Client, settings: FetchSettings):
+        self.client = client
+        self.settings = settings
+
+    def plan(self, ref: Ref, source_text: str) -> Plan:
+        """The plan for ``ref``. Raises :class:`FetchError` (or ``UnsafeError`` for refused URLs)."""
+        if isinstance(ref, CivitaiRef):
+            plan = self._civitai(ref)
+        elif isinstance(ref, HashRef):
+            plan = self._by_hash(ref)
+        elif isinstance(ref, HFRef):
+            plan = self._hf(ref)
+        elif isinstance(ref, UrlRef):
+            plan = self._url(ref)
+        else:
+            raise TypeError(f"not a remote reference: {ref!r}")
+        plan.provenance.setdefault("source", source_text)
+        return plan
+
+    # -- Civitai ---------------------------------------------------------------------------
+    def _api(self, path: str, what: str):
+        answer = self.client.request("GET", f"{self.settings.civitai_endpoint}{path}",
+                                     headers={"Accept": "application/json"})
+        if answer.status != 200:
+            raise explain(answer, what, self.settings)
+        return answer.json()
+
+    def _civitai(self, ref: CivitaiRef) -> Plan:
+        version_id = ref.version_id
+        if version_id is None:
+            model = self._api(f"/api/v1/models/{ref.model_id}", f"Civitai model {ref.model_id}")
+            versions = model.get("modelVersions") or [] if isinstance(model, dict) else []
+            if not versions:
+                raise FetchError(f"Civitai model {ref.model_id} has no published version to download.")
+            version_id = versions[0].get("id")
+        version = self._api(f"/api/v1/model-versions/{version_id}", f"Civitai model version {version_id}")
+        return self._civitai_plan(version, ref.file_id, dict(ref.filters), None)
+
+    def _by_hash(self, ref: HashRef) -> Plan:
+        what = f"{ref.kind}:{ref.value}"
+        answer = self.client.request("GET", f"{self.settings.civitai_endpoint}/api/v1/model-versions/by-hash/"
+                                     f"{ref.value}", headers={"Accept": "application/json"})
+        if answer.status == 404:
+            answer.close()
+            raise FetchError(f"No file with {what} is in this ComfyUI's model folders, and Civitai does not know "
+                             "it either. Put the file in the folder, or give its URL instead.", 404)
+        if answer.status != 200:
+            raise explain(answer, f"Civitai lookup of {what}", self.settings)
+        return self._civitai_plan(answer.json(), None, {}, ref)
+
+    def _civitai_plan(self, version: dict, file_id: int | None, filters: dict, by_hash: HashRef | None) -> Plan:
+        if not isinstance(version, dict) or not isinstance(version.get("files"), list):
+            raise FetchError("Civitai answered a model version without a file list; try again later.")
+        vid = version.get("id")
+        files = [f for f in version["files"] if isinstance(f, dict)]
+        chosen = _choose_file(files, file_id, filters, by_hash)
+        if chosen is None:
+            wanted = (f"file {file_id}" if file_id else f"a file with {by_hash.kind} {by_hash.value}" if by_hash
+                      else "a file matching " + ", ".join(f"{k}={v}" for k, v in filters.items()) if filters
+                      else "a model file")
+            names = ", ".join(str(f.get("name")) for f in files) or "none"
+            raise FetchError(f"Civitai model version {vid} has no {wanted} (its files: {names}).")
+        name = safe_filename(str(chosen.get("name") or ""), "Civitai file name")
+        hashes = {str(k).lower(): str(v) for k, v in (chosen.get("hashes") or {}).items()}
+        sha = hashes.get("sha256")
+        sha = sha.lower() if sha and _HEX64.match(sha) else None
+        size_kb = chosen.get("sizeKB")
+        endpoint = self.settings.civitai_endpoint
+        url = str(chosen.get("downloadUrl") or f"{endpoint}/api/download/models/{vid}?fileId={chosen.get('id')}")
+        if not host_matches(urlsplit(url).hostname or "", self.settings.civitai_hosts()):
+            url = f"{endpoint}/api/download/models/{vid}?fileId={chosen.get('id')}"
+        meta = chosen.get("metadata") or {}
+        model = version.get("model") or {}
+        plan = Plan(url=url, filename=name,
+                    expected_size=int(float(size_kb) * 1024) if isinstance(size_kb, (int, float)) else None,
+                    size_tolerance=1024, expected_sha256=sha,
+                    pickle_declared=str(meta.get("format", "")).lower() == "pickletensor")
+        plan.provenance = {
+            "url": for_log(url), "air": version.get("air"), "host": "civitai",
+            "civitai": {"model_id": version.get("modelId"), "version_id": vid, "file_id": chosen.get("id"),
+                        "model_name": model.get("name"), "version_name": version.get("name")},
+            "base_model": version.get("baseModel"), "trained_words": version.get("trainedWords") or [],
+        }
+        if sha is None:
+            plan.notes.append("Civitai lists no SHA-256 for this file; it is checked by size and structure only.")
+        for scan in ("pickleScanResult", "virusScanResult"):
+            if chosen.get(scan) not in (None, "Success"):
+                plan.notes.append(f"Civitai's {scan} for this file is {chosen.get(scan)!r}.")
+        return plan
+
+    # -- Hugging Face -------------------------------------------------------------------------
+    def _hf(self, ref: HFRef) -> Plan:
+        base = self.settings.hf_endpoint
+        path_q = quote(ref.path)
+        url = f"{base}/{ref.repo}/resolve/{quote(ref.revision, safe='')}/{path_q}"
+        what = f"Hugging Face file {ref.repo}/{ref.path}@{ref.revision}"
+        answer = self._hf_head(url)
+        notes = []
+        if answer.status == 401 and answer.auth_sent:
+            # A stale or wrong HF_TOKEN makes even public files answer 401 (ComfyUI #7517): try once without it.
+            answer.close()
+            anonymous = self._hf_head(url, use_token=False)
+            if anonymous.status < 400:
+                notes.append("HF_TOKEN was refused by Hugging Face (invalid or expired); the public file was "
+                              "fetched without it. Replace or remove the token.")
+            answer = anonymous
+        if answer.status >= 400:
+            raise explain(answer, what, self.settings)
+        h = answer.response.headers
+        commit = h.get("X-Repo-Commit")
+        etag = (h.get("X-Linked-Etag") or h.get("ETag") or "").removeprefix("W/").strip('"')
+        size = h.get("X-Linked-Size") or (h.get("Content-Length") if answer.status == 200 else None)
+        answer.close()
+        pinned = commit if commit and re.fullmatch(r"[0-9a-f]{40}", commit) else ref.revision
+        pinned_url = f"{base}/{ref.repo}/resolve/{pinned}/{path_q}"
+        plan = Plan(url=pinned_url, filename=safe_filename(ref.path.rsplit("/", 1)[-1], "Hugging Face file name"),
+                    expected_size=int(size) if size and size.isdigit() else None,
+                    expected_sha256=etag.lower() if _HEX64.match(etag) else None, notes=notes,
+                    use_token=not notes)
+        plan.provenance = {"url": pinned_url if base == "https://huggingface.co" else for_log(pinned_url),
+                           "host": "huggingface",
+                           "hf": {"repo": ref.repo, "path": ref.path, "revision": ref.revision, "commit": commit}}
+        if plan.expected_sha256 is None:
+            plan.notes.append("Hugging Face gives no SHA-256 for this file (not stored with LFS); it is checked "
+                              "by size and structure only.")
+        return plan
+
+    def _hf_head(self, url: str, use_token: bool = True) -> Answer:
+        # Follow only same-host redirects (renamed repositories); the CDN redirect of an LFS file
+        # carries the X-Linked-* headers itself and is not followed.
+        answer = self.client.request("HEAD", url, use_token=use_token, follow=False)
+        for _ in range(self.settings.max_redirects):
+            loc = answer.header("Location")
+            if answer.status not in (301, 302, 307, 308) or not loc or urlsplit(loc).netloc:
+                return answer
+            answer.close()
+            answer = self.client.request("HEAD", f"{self.settings.hf_endpoint}{loc}", use_token=use_token,
+                                         follow=False)
+        return answer
+
+    # -- other hosts --------------------------------------------------------------------------
+    def _url(self, ref: UrlRef) -> Plan:
+        host = (urlsplit(ref.url).hostname or "").lower()
+        allowed = host_matches(host, self.settings.allowed_hosts) or (
+            self.settings.allow_loopback and is_loopback_host(host))
+        if not allowed:
+            raise FetchError(f"{describe(ref)}: {host} is not an allowed host. LoRA Workbench fetches from "
+                             "Civitai and Hugging Face; to fetch from another host, add it to \"allowed_hosts\" "
+                             "in the pack's settings file (user/__lora_workbench/settings.json).")
+        name = urlsplit(ref.url).path.rsplit("/", 1)[-1]
+        plan = Plan(url=ref.url, filename=None)
+        plan.provenance = {"url": for_log(ref.url), "host": host, "path_name": name}
+        return plan
+
+
+def _choose_file(files: list[dict], file_id: int | None, filters: dict, by_hash: HashRef | None) -> dict | None:
+    if file_id is not None:
+        return next((f for f in files if f.get("id") == file_id), None)
+    if by_hash is not None:
+        kind = by_hash.kind.lower()
+        hit = next((f for f in files if str((f.get("hashes") or {}).get(_civitai_hash_key(kind), "")).upper()
+                    == by_hash.value), None)
+        if hit is not None:
+            return hit
+    if filters:
+        def fits(f: dict) -> bool:
+            meta = {**(f.get("metadata") or {}), "type": f.get("type")}
+            return all(str(meta.get(k, "")).lower() == str(v).lower() for k, v in filters.items())
+        return next((f for f in files if fits(f)), None)
+    return (next((f for f in files if f.get("primary")), None)
+            or next((f for f in files if f.get("type") == "Model"
+                     and (f.get("metadata") or {}).get("format") == "SafeTensor"), None)
+            or (files[0] if files else None))
+
+
+def _civitai_hash_key(kind: str) -> str:
+    return {"sha256": "SHA256", "autov1": "AutoV1", "autov2": "AutoV2", "autov3": "AutoV3", "crc32": "CRC32"}[kind]

@@ -1,0 +1,132 @@
+"""ComfyUI glue for :mod:`lora_ops.fetch`: the pack's private folder, the node progress bar,
+Cancel, and the workflow's ``properties.models`` entries.
+
+The private folder is ``folder_paths.get_system_user_directory("lora_workbench")``
+(``user/__lora_workbench``): ComfyUI never serves ``__`` user folders over HTTP, so the settings
+file (tokens), the hash index and lock files there cannot be read by a browser or a workflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+from lora_ops.fetch import Fetcher, FetchResult
+from lora_ops.fetch_settings import load_settings
+from lora_ops.hash_index import HashIndex
+
+log = logging.getLogger("lora_workbench")
+
+PACK_USER = "lora_workbench"
+# Folders a fetch may write into: every model folder ComfyUI knows except code and configs.
+NOT_MODEL_FOLDERS = frozenset({"custom_nodes", "configs"})
+_index_lock = threading.Lock()
+_indexes: dict[str, HashIndex] = {}
+
+
+def private_dir() -> str:
+    """The pack's private folder (created on first use)."""
+    path = folder_paths.get_system_user_directory(PACK_USER)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def hash_index() -> HashIndex:
+    """The process's hash index in the private folder."""
+    path = os.path.join(private_dir(), "index.sqlite")
+    with _index_lock:
+        if path not in _indexes:
+            _indexes[path] = HashIndex(path)
+        return _indexes[path]
+
+
+def model_folders() -> list[str]:
+    """Names of the model folders a fetch may write into (the ``directory`` choices)."""
+    return sorted(n for n in folder_paths.folder_names_and_paths if n not in NOT_MODEL_FOLDERS)
+
+
+class _NodeProgress:
+    """Bytes on the executing node's progress bar (at most ~4 updates a second), and Cancel
+    checked on every chunk so it stops within one chunk."""
+
+    def __init__(self):
+        self.bar: comfy.utils.ProgressBar | None = None
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        now = time.monotonic()
+        if now - self.last < 0.25 and (total is None or done < total):
+            return
+        self.last = now
+        if self.bar is None:
+            self.bar = comfy.utils.ProgressBar(total or max(done, 1))
+        self.bar.update_absolute(done, total or max(done, 1))
+
+
+def _fetcher() -> Fetcher:
+    settings = load_settings(private_dir())
+    return Fetcher(settings, hash_index(), os.path.join(private_dir(), "locks"), _NodeProgress(),
+                   comfy.model_management.throw_exception_if_processing_interrupted)
+
+
+def fetch_source(folder: str, source: str, filename: str | None = None,
+                 expected_sha256: str | None = None) -> FetchResult:
+    """Fetch ``source`` into the model folder ``folder`` (or find it there); see
+    :meth:`lora_ops.fetch.Fetcher.fetch` for the errors. Newly downloaded files are visible to
+    ComfyUI's file lists at once (their cache is dropped)."""
+    if folder in NOT_MODEL_FOLDERS or folder not in folder_paths.folder_names_and_paths:
+        raise ValueError(f"directory {folder!r} is not a ComfyUI model folder; choose one of: "
+                         f"{', '.join(model_folders())}.")
+    result = _fetcher().fetch(source, folder_paths.get_folder_paths(folder), folder, filename or None,
+                              expected_sha256 or None)
+    if result.how == "download":
+        folder_paths.filename_list_cache.pop(folder, None)
+        log.info("[LoRA Workbench] %s", result.report().splitlines()[0])
+    return result
+
+
+def known_sha256(source: str) -> str | None:
+    """The SHA-256 ``source`` had when last fetched (no network); None when unknown."""
+    try:
+        return _fetcher().known_sha256(source)
+    except Exception:  # a bad settings file is reported when the node runs, not while caching
+        return None
+
+
+def record_models(extra_pnginfo: dict | None, unique_id: str | None, entries: list[dict]) -> None:
+    """Put ``entries`` into this node's ``properties.models`` in the workflow that images of
+    this run embed (``extra_pnginfo['workflow']``), so a PNG carries where its models come from.
+    The browser's copy of the workflow gets the same entries from the node's UI output."""
+    if not entries or not isinstance(extra_pnginfo, dict) or unique_id is None:
+        return
+    workflow = extra_pnginfo.get("workflow")
+    if not isinstance(workflow, dict):
+        return
+    for node in workflow.get("nodes") or []:
+        if isinstance(node, dict) and str(node.get("id")) == str(unique_id):
+            props = node.setdefault("properties", {})
+            models = [m for m in props.get("models") or [] if isinstance(m, dict)]
+            for e in entries:
+                models = [m for m in models if m.get("name") != e["name"] or m.get("directory") != e["directory"]]
+                models.append(e)
+            props["models"] = models
+
+
+def resolve_with_models(folder: str, source: str) -> tuple[str, list[dict], str | None]:
+    """A node's ``source`` resolved: (absolute path, the ``properties.models`` entries to record,
+    the fetch report or None for a plain local name)."""
+    from .sources import _REMOTE, resolve_local
+
+    name = source.strip()
+    if not _REMOTE.match(name):
+        return resolve_local(folder, name), [], None
+    result = fetch_source(folder, name)
+    entry = result.models_entry(folder)
+    return result.path, [entry] if entry else [], result.report()

@@ -1,0 +1,120 @@
+"""Fetching through a running ComfyUI: a second host whose model folders are empty gets a
+checkpoint from a Hugging Face-like URL and a real LoRA fixture by ``sha256:`` from a Civitai-like
+server on loopback that needs a token, applies it, samples, and no trace of the token is left in
+the image, ``/history``, the node outputs or the server log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import requests
+from conftest import Server, _require_host
+from PIL import Image
+
+from helpers.api import run_prompt
+from helpers.fake_hub import Hub
+from helpers.paths import REAL_LORAS
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "planted-e2e-token-9f3b1c77"
+LORA = REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"
+TINY = "workbench-sd15-tiny.safetensors"
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    """The fake hub and a ComfyUI whose folders hold no models at all (no demo models, no fixtures)."""
+    _require_host()
+    from conftest import MODELS
+
+    hub = Hub(token=TOKEN)
+    hub.add_blob("lokr", LORA.name, path=str(LORA))
+    hub.add_civitai(7001, 70011, ["lokr"], require_token=True)
+    hub.add_blob("tiny", TINY, path=str((MODELS / TINY).resolve()))
+    hub.add_hf("workbench/demo", TINY, "tiny")
+    hub.start()
+    settings = {"civitai_endpoint": hub.api_base, "hf_endpoint": hub.hf_base, "allow_loopback": True,
+                "backoff_s": 0.05}
+    srv = Server(tmp_path_factory.mktemp("mirror"), env={"CIVITAI_API_TOKEN": TOKEN}, models=(),
+                 link_real=False, settings=settings)
+    try:
+        srv.wait_ready()
+        yield hub, srv
+    finally:
+        srv.stop()
+        hub.stop()
+
+
+def prompt(lora_sha: str, ckpt_url: str) -> dict:
+    return {
+        "1": {"class_type": "WorkbenchLoadCheckpoint", "inputs": {"source": ckpt_url}},
+        "2": {"class_type": "WorkbenchLoadLora",
+              "inputs": {"model": ["1", 0], "clip": ["1", 1], "source": f"sha256:{lora_sha}",
+                         "strength_model": 1.0, "strength_clip": 1.0, "blocks": ""}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a lighthouse"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": ""}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler",
+              "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0],
+                         "seed": 3, "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+                         "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "fetched"}},
+        "9": {"class_type": "WorkbenchFetchModel", "inputs": {"source": f"sha256:{lora_sha}", "directory": "loras"}},
+        "10": {"class_type": "PreviewAny", "inputs": {"source": ["9", 2]}},
+    }
+
+
+def test_prompt_fetches_by_hash_and_url_applies_and_leaks_no_token(mirror):
+    hub, srv = mirror
+    lora_sha = hashlib.sha256(LORA.read_bytes()).hexdigest()
+    ckpt_url = f"{hub.hf_base}/workbench/demo/resolve/main/{TINY}"
+    workflow = {"nodes": [{"id": int(k), "type": v["class_type"], "properties": {}}
+                          for k, v in prompt(lora_sha, ckpt_url).items()]}
+    entry = run_prompt(srv.url, prompt(lora_sha, ckpt_url), extra_data={"extra_pnginfo": {"workflow": workflow}})
+
+    # Downloaded and verified into the right folders, under the host's names.
+    loras = srv.base / "models" / "loras"
+    assert (loras / LORA.name).read_bytes() == LORA.read_bytes()
+    ckpt = srv.base / "models" / "checkpoints" / TINY
+    assert ckpt.stat().st_size == (hub.blobs["tiny"].size)
+    assert not [p for p in (srv.base / "models").rglob("*.part*")]
+    # The token went to the Civitai-like host only, and the storage host never saw it.
+    assert any(h.get("Authorization") == f"Bearer {TOKEN}" for r, _m, _p, h in hub.requests if r == "api")
+    assert not any("Authorization" in h for r, _m, _p, h in hub.requests if r == "storage")
+
+    outputs = entry["outputs"]
+    models = outputs["2"].get("workbench_models") or outputs["9"]["workbench_models"]
+    assert {"name": LORA.name, "url": f"{hub.api_base}/api/download/models/70011", "hash": lora_sha,
+            "hash_type": "sha256", "directory": "loras"} in models
+    ckpt_entry = outputs["1"]["workbench_models"][0]
+    assert ckpt_entry["hash"] == hub.blobs["tiny"].sha256() and hub.hf_commit in ckpt_entry["url"]
+    report = "".join(outputs["10"]["text"])
+    assert "already present" in report and lora_sha in report  # the LoRA node had fetched it first
+
+    image = outputs["8"]["images"][0]
+    png = Image.open(srv.base / "output" / image["subfolder"] / image["filename"])
+    saved = json.loads(png.info["workflow"])
+    recorded = {n["id"]: n["properties"].get("models") for n in saved["nodes"]}
+    assert recorded[1] == [ckpt_entry] and recorded[9][0]["hash"] == lora_sha
+
+    history = requests.get(f"{srv.url}/history", timeout=30).text
+    for where, text in (("PNG text chunks", json.dumps(png.info)), ("/history", history),
+                        ("server log", srv.log()), ("workflow", json.dumps(saved))):
+        assert TOKEN not in text, f"token leaked into the {where}"
+    assert srv.pack_failures() == []
+
+
+def test_second_run_needs_no_network(mirror):
+    hub, srv = mirror
+    hub.requests.clear()
+    url = f"{hub.hf_base}/workbench/demo/resolve/main/{TINY}"
+    entry = run_prompt(srv.url, {
+        "1": {"class_type": "WorkbenchFetchModel", "inputs": {"source": url, "directory": "checkpoints"}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 2]}}})
+    # The URL's content hash was learnt by the first run; the file with that hash is used as it is.
+    assert hub.requests == []
+    assert "already present" in "".join(entry["outputs"]["2"]["text"])

@@ -1,0 +1,92 @@
+"""Fetching across processes, through the command line: a download killed with SIGKILL resumes
+on the next run, and two processes fetching one file at once end with one correct file, with
+the cross-process lock working and with it disabled (verification alone guards the result)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers.fake_hub import Hub, safetensors_bytes
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MIB = 2**20
+
+
+@pytest.fixture
+def hub():
+    h = Hub(token=None)
+    h.add_blob("big", "big_lora.safetensors", safetensors_bytes(7, 3 * MIB))  # 12 MiB
+    h.add_civitai(10, 101, ["big"])
+    with h:
+        yield h
+
+
+def home_for(tmp_path, hub, name="home") -> str:
+    home = tmp_path / name
+    home.mkdir()
+    (home / "settings.json").write_text(json.dumps({
+        "civitai_endpoint": hub.api_base, "allow_loopback": True, "backoff_s": 0.05, "stall_timeout_s": 30}))
+    return str(home)
+
+
+def cli(home: str, folder, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lora_ops", "fetch", "civitai:10@101", "--dir", str(folder),
+                             "--home", home, "-q", *extra], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def parts(folder) -> list[str]:
+    return [n for n in os.listdir(folder) if ".part" in n] if os.path.isdir(folder) else []
+
+
+def test_sigkilled_download_resumes_and_verifies(hub, tmp_path):
+    folder = tmp_path / "loras"
+    home = home_for(tmp_path, hub)
+    hub.fault("big", stall_after=5 * MIB, stall_s=20)
+    proc = cli(home, folder)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = [os.path.getsize(folder / n) for n in parts(folder) if n.endswith(".part")]
+        if done and done[0] >= 5 * MIB:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"the download never reached 5 MiB: {proc.communicate()}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert not (folder / "big_lora.safetensors").exists()
+    hub.faults.clear()
+    hub.requests.clear()
+    second = cli(home, folder)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert "resumed at byte 5242880" in out
+    assert (folder / "big_lora.safetensors").read_bytes() == hub.blobs["big"].data
+    assert [h.get("Range") for r, _m, _p, h in hub.requests if r == "storage"] == ["bytes=5242880-"]
+    assert parts(folder) == []
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["with-lock", "lock-disabled"])
+def test_two_processes_end_with_one_correct_file(hub, tmp_path, locked):
+    folder = tmp_path / "loras"
+    hub.fault("big", throttle_s=0.05)
+    extra = () if locked else ("--no-lock",)
+    home = home_for(tmp_path, hub)  # one home, so one lock folder (and one hash index) for both
+    procs = [cli(home, folder, *extra) for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert os.listdir(folder) == ["big_lora.safetensors"]
+    assert (folder / "big_lora.safetensors").read_bytes() == hub.blobs["big"].data
+    size = hub.blobs["big"].size
+    if locked:
+        assert hub.served_bytes["big"] == size  # one transfer; the other process waited and found the file
+    else:
+        assert hub.served_bytes["big"] >= size

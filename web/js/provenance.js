@@ -1,0 +1,41 @@
+// Records where fetched models come from in the workflow itself.
+//
+// The pack's fetching nodes send `workbench_models` in their UI output: entries in the frontend's
+// own missing-models format ({name, url, hash, hash_type, directory}, no token ever). Copying them
+// into the node's `properties.models` means a saved or shared workflow tells anyone who opens it,
+// with or without this pack, which file is missing and where to get it.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const KEYS = ["name", "url", "hash", "hash_type", "directory"];
+
+function clean(entry) {
+  // Only the schema's five keys: the workflow validator rejects (or strips) anything else.
+  const out = {};
+  for (const k of KEYS) if (typeof entry?.[k] === "string" && entry[k]) out[k] = entry[k];
+  return out.name && out.url && out.directory ? out : null;
+}
+
+function nodeFor(id) {
+  // Execution ids of nodes inside subgraphs look like "12:5"; the canvas node is the last part.
+  const graph = app.canvas?.graph ?? app.graph;
+  return graph?.getNodeById?.(id) ?? app.graph?.getNodeById?.(String(id).split(":").pop()) ?? null;
+}
+
+export function mergeModels(existing, entries) {
+  const kept = (Array.isArray(existing) ? existing : []).filter(
+    (m) => !entries.some((e) => e.name === m?.name && e.directory === m?.directory));
+  return [...kept, ...entries];
+}
+
+api.addEventListener("executed", ({ detail }) => {
+  const entries = (detail?.output?.workbench_models ?? []).map(clean).filter(Boolean);
+  if (!entries.length) return;
+  const node = nodeFor(detail.node);
+  if (!node) return;
+  node.properties = node.properties ?? {};
+  node.properties.models = mergeModels(node.properties.models, entries);
+  node.graph?.change?.();
+});
+
+app.registerExtension({ name: "LoraWorkbench.Provenance" });
