@@ -6,8 +6,7 @@ from __future__ import annotations
 import comfy.sd
 import folder_paths
 
-from lora_ops.source_ref import parse_source
-
+from ..lora_ops.source_ref import parse_source
 from .compat import inp, io, out, schema
 from .fetching import fetch_source, known_sha256, model_folders, record_models
 from .sources import _REMOTE, file_fingerprint, resolve_local
@@ -38,9 +37,9 @@ class WorkbenchFetchModel(io.ComfyNode):
                 inp(io.String, "source", default="", tooltip=SOURCE_TOOLTIP),
                 inp(io.Combo, "directory", options=model_folders(), default="loras",
                     tooltip="The ComfyUI model folder to save into (its first path; all its paths are searched)."),
-                inp(io.String, "filename", default="", optional=True,
+                inp(io.String, "save_as", default="", optional=True,
                     tooltip="Save under this name (a subfolder is allowed). Empty: the host's file name."),
-                inp(io.String, "sha256", default="", optional=True,
+                inp(io.String, "expected_sha256", default="", optional=True,
                     tooltip="Expected SHA-256 of the file; anything else is refused. Empty: the host's, if it "
                             "gives one."),
             ],
@@ -55,13 +54,13 @@ class WorkbenchFetchModel(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, source, directory, filename="", sha256="", **kwargs):
+    def fingerprint_inputs(cls, source, directory, save_as="", expected_sha256="", **kwargs):
         # The content hash when known (no network here), so a re-run with the same file is cached.
-        return (source.strip(), directory, filename, sha256.strip().lower() or known_sha256(source.strip()))
+        return (source.strip(), directory, save_as, expected_sha256.strip().lower() or known_sha256(source.strip()))
 
     @classmethod
-    def execute(cls, source, directory, filename="", sha256="") -> io.NodeOutput:
-        result = fetch_source(directory, source, filename.strip(), sha256.strip())
+    def execute(cls, source, directory, save_as="", expected_sha256="") -> io.NodeOutput:
+        result = fetch_source(directory, source, save_as.strip(), expected_sha256.strip())
         if result.sha256 is None:
             from .fetching import hash_index
 

@@ -17,9 +17,9 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from lora_ops.fetch import Fetcher, FetchResult
-from lora_ops.fetch_settings import load_settings
-from lora_ops.hash_index import HashIndex
+from ..lora_ops.fetch import Fetcher, FetchResult
+from ..lora_ops.fetch_settings import load_settings
+from ..lora_ops.hash_index import HashIndex
 
 log = logging.getLogger("lora_workbench")
 
