@@ -8,10 +8,11 @@ import torch
 from ..lora_ops.blocks import block_of, sort_key
 from ..lora_ops.plot import heat_strip
 from .compat import inp, io, out, schema
+from .fetching import record_models, resolve_with_models
 from .load_lora import lora_source_input
 from .lora_apply import load_lora_file, prepare_lora
 from .patch_check import split_patch_key
-from .sources import file_fingerprint, resolve_local
+from .sources import file_fingerprint
 
 
 def block_norms(model, clip, prepared) -> dict[str, tuple[int, float]]:
@@ -53,6 +54,7 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
                     tooltip="Table: block, modules, ||dW||_F and its share of the total."),
                 out(io.Image, "plot", display_name="plot", tooltip="Heat strip of ||dW||_F per block."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -62,8 +64,10 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
     @classmethod
     def execute(cls, model, source, clip=None) -> io.NodeOutput:
         name = source.strip()
-        lora = load_lora_file(resolve_local("loras", name))
+        path, models, _fetched = resolve_with_models("loras", name)
+        lora = load_lora_file(path)
         prepared = prepare_lora(model, clip, lora, name, 1.0, 1.0, "")
+        record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, models)
         norms = block_norms(model, clip, prepared)
         total = sum(v for _, v in norms.values()) or 1.0
         lines = [f"LoRA {name}: {prepared.report.applied} modules in {len(norms)} blocks (strength 1)",
@@ -73,4 +77,5 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
             lines.append(prepared.report.text())
         image = heat_strip(list(norms), [v for _, v in norms.values()], f"{name}: weight change per block",
                            counts=[n for n, _ in norms.values()])
-        return io.NodeOutput("\n".join(lines), torch.from_numpy(image)[None])
+        return io.NodeOutput("\n".join(lines), torch.from_numpy(image)[None],
+                             ui={"workbench_models": models} if models else None)

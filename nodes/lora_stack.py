@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from ..lora_ops.http_client import FetchError
+from ..lora_ops.safetensors_io import SafetensorsError
 from ..lora_ops.stack import StackError, parse_rows, rows_from_lora_stack, to_lora_stack
 from .compat import inp, io, out, schema
+from .fetching import record_models, resolve_with_models
 from .lora_apply import LoraApplyError, add_prepared, load_lora_file, prepare_lora
-from .sources import SourceError, file_fingerprint, resolve_local
+from .sources import file_fingerprint, resolve_local
+
+# What resolving a row's source may raise (UnsafeError and SourceError are ValueErrors).
+SOURCE_ERRORS = (ValueError, FetchError, SafetensorsError)
 
 WorkbenchStack = io.Custom("WORKBENCH_LORA_STACK")
 LoraStack = io.Custom("LORA_STACK")
@@ -39,6 +45,7 @@ class WorkbenchLoraStack(io.ComfyNode):
                     tooltip="The rows that are on as LORA_STACK (name, strength_model, strength_clip) for "
                             "other packs; block specs do not travel in this type."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -52,13 +59,16 @@ class WorkbenchLoraStack(io.ComfyNode):
     @classmethod
     def execute(cls, loras, lora_stack=None) -> io.NodeOutput:
         rows = rows_from_lora_stack(lora_stack) + parse_rows(loras)
+        models: list[dict] = []
         for i, row in enumerate(rows, 1):
             if row["on"]:
                 try:
-                    resolve_local("loras", row["lora"].strip())  # fail here, before any model work
-                except SourceError as e:
+                    # Fail here, before any model work; remote sources are fetched now.
+                    models += resolve_with_models("loras", row["lora"])[1]
+                except SOURCE_ERRORS as e:
                     raise StackError(f"row {i}: {e}") from None
-        return io.NodeOutput(rows, to_lora_stack(rows))
+        record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, models)
+        return io.NodeOutput(rows, to_lora_stack(rows), ui={"workbench_models": models} if models else None)
 
 
 class WorkbenchApplyLoraStack(io.ComfyNode):
@@ -97,7 +107,7 @@ class WorkbenchApplyLoraStack(io.ComfyNode):
                 lora = load_lora_file(resolve_local("loras", name))
                 p = prepare_lora(model, clip, lora, name, row["strength_model"], row["strength_clip"],
                                  row["blocks"])
-            except (SourceError, LoraApplyError, ValueError) as e:  # ValueError: BlockSpecError too
+            except (LoraApplyError, *SOURCE_ERRORS) as e:  # ValueError: BlockSpecError, SourceError too
                 raise StackError(f"row {i}: {e}") from None
             prepared.append(p)
             lines.append(f"row {i}: {p.report.text()}")

@@ -179,3 +179,30 @@ def test_progress_in_bytes_and_cancel_keeps_a_resumable_part(mirror):
     report = "".join(entry["outputs"]["2"]["text"])
     assert f"resumed at byte {kept}" in report
     assert (loras / "slow_lora.safetensors").read_bytes() == data
+
+
+def test_stack_rows_and_block_info_fetch_their_sources(mirror):
+    hub, srv = mirror
+    lora = REAL_LORAS / "diffusers" / "timohavdk__sd-lora" / "pytorch_lora_weights.safetensors"
+    hub.add_blob("diff", "pytorch_lora_weights.safetensors", path=str(lora))
+    hub.add_hf("timohavdk/sd-lora", "pytorch_lora_weights.safetensors", "diff")
+    source = "hf://timohavdk/sd-lora/pytorch_lora_weights.safetensors"
+    rows = json.dumps([{"lora": source, "strength_model": 0.5, "blocks": "default=0, M00=1"}])
+    ckpt = f"{hub.hf_base}/workbench/demo/resolve/main/{TINY}"
+    entry = run_prompt(srv.url, {
+        "1": {"class_type": "WorkbenchLoadCheckpoint", "inputs": {"source": ckpt}},
+        "2": {"class_type": "WorkbenchLoraStack", "inputs": {"loras": rows}},
+        "3": {"class_type": "WorkbenchApplyLoraStack", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                                 "stack": ["2", 0]}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}},
+        "5": {"class_type": "WorkbenchLoraBlockInfo", "inputs": {"model": ["1", 0], "source": source}},
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+    })
+    out = entry["outputs"]
+    stack_models = out["2"]["workbench_models"]
+    assert stack_models[0]["hash"] == hashlib.sha256(lora.read_bytes()).hexdigest()
+    assert stack_models[0]["url"].startswith(f"{hub.hf_base}/timohavdk/sd-lora/resolve/{hub.hf_commit}/")
+    # The file was loaded and converted (this LoRA is for the full-size UNet, which the tiny model lacks).
+    assert f"row 1: LoRA {source}: 256 file keys" in "".join(out["4"]["text"])
+    assert "modules in" in "".join(out["6"]["text"])
+    assert hub.count("storage", "/obj/diff") == 1  # fetched once, then found by its hash
