@@ -5,18 +5,22 @@ COMFY := .host/env/ComfyUI
 BASE := .host/base
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint
+.PHONY: setup browser run test lint
 
 setup:
 	bash scripts/setup.sh
+
+# Debian's headless Chromium for the browser tests (installed once; needs root).
+browser:
+	bash scripts/setup_browser.sh
 
 # Start the real ComfyUI host with the pack loaded and the demo models in place.
 run: setup
 	$(PY) $(COMFY)/main.py --cpu --listen 127.0.0.1 --port $(PORT) --disable-auto-launch \
 	  --base-directory $(BASE) --database-url sqlite:///$(abspath $(BASE))/user/comfyui.db
 
-# The whole test suite: lint, unit, in-process host, end-to-end through /prompt.
-test: setup lint
+# The whole test suite: lint, unit, in-process host, end-to-end through /prompt, browser.
+test: setup browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint:

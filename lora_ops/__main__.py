@@ -131,7 +131,7 @@ def _fetch(args) -> int:
 
     from .fetch import Fetcher
     from .fetch_settings import SettingsError, default_home, load_settings
-    from .hash_index import HashIndex
+    from .hash_index import HashIndex, HashIndexError
     from .http_client import FetchError
     from .netguard import UnsafeError
     from .safetensors_io import SafetensorsError
@@ -146,23 +146,29 @@ def _fetch(args) -> int:
     if args.allow_loopback:
         settings = settings.with_overrides(allow_loopback=True)
     os.makedirs(home, exist_ok=True)
-    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="fetch", disable=args.quiet, leave=False)
+    bars: list = []  # made on the first byte, so cached results and errors print no empty bar
 
     def progress(done: int, total: int | None) -> None:
+        if not bars:
+            bars.append(tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="fetch", disable=args.quiet,
+                             leave=False, total=total))
+        bar = bars[0]
         if total is not None and bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
 
-    index = HashIndex(os.path.join(home, "index.sqlite"))
-    fetcher = Fetcher(settings, index, None if args.no_lock else os.path.join(home, "locks"), progress)
     try:
+        index = HashIndex(os.path.join(home, "index.sqlite"))
+        fetcher = Fetcher(settings, index, None if args.no_lock else os.path.join(home, "locks"), progress)
         result = fetcher.fetch(args.source, [os.path.abspath(args.dir)], os.path.basename(args.dir.rstrip("/")),
                                filename=args.filename, expected_sha256=args.sha256)
-    except (SourceError, FetchError, UnsafeError, SafetensorsError) as e:
-        bar.close()
+    except (SourceError, FetchError, UnsafeError, SafetensorsError, SettingsError, HashIndexError) as e:
+        for bar in bars:
+            bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 1
-    bar.close()
+    for bar in bars:
+        bar.close()
     print(result.report())
     return 0
 
@@ -175,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     h = sub.add_parser("hash", help="SHA-256, AutoV1, AutoV2, AutoV3 and CRC32 of files, as Civitai computes them")
     h.add_argument("files", nargs="+", help="model files, or folders to hash every model file in (recursively)")
     f = sub.add_parser("fetch", help="download a model file by URL, AIR, hf:// reference or hash, verified")
-    f.add_argument("source", help="https URL, urn:air:..., civitai:<model>@<version>, hf://org/repo/file, "
-                   "sha256:<hex>, autov2:<hex> or autov3:<hex>")
+    f.add_argument("source", help="a file name already in --dir, an https URL, urn:air:..., civitai:<model>@<version>, "
+                   "hf://org/repo/file, or a hash: sha256:, autov1:, autov2:, autov3:, crc32:")
     f.add_argument("--dir", required=True, help="the model folder to save into, e.g. ComfyUI/models/loras")
     f.add_argument("--filename", help="save under this name (default: the host's file name)")
     f.add_argument("--sha256", help="expected SHA-256; anything else is refused")

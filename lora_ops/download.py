@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ log = logging.getLogger("lora_workbench.fetch")
 CHUNK = 1 << 20
 PART_SUFFIX = ".part"
 SAFETENSORS_EXT = (".safetensors", ".sft")
+PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
 _process_locks: dict[str, threading.Lock] = {}
 _process_locks_guard = threading.Lock()
 
@@ -128,9 +130,26 @@ class _Part:
                 pass
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_part(path: str, truncate: bool):
+    """The part file for writing, never through a symbolic link (one planted in a shared models
+    folder must not redirect the write elsewhere)."""
+    flags = os.O_WRONLY | _NOFOLLOW | (os.O_TRUNC if truncate else 0)
+    return os.fdopen(os.open(path, flags), "wb" if truncate else "r+b")
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _new_part(folder: str, stem: str, key: str) -> _Part:
     path = os.path.join(folder, f"{stem}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
     os.close(fd)
     part = _Part(path, {"key": key, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
     part.save_meta()
@@ -148,16 +167,22 @@ def _adopt_part(folder: str, key: str, stall_s: float) -> _Part | None:
             continue
         sidecar = os.path.join(folder, name)
         try:
+            if not _is_regular(sidecar):
+                continue
             with open(sidecar, encoding="utf-8") as f:
                 meta = json.load(f)
             part_path = sidecar[:-5]
-            st = os.stat(part_path)
-        except (OSError, ValueError):
+            st = os.lstat(part_path)
+        except (OSError, ValueError, RecursionError):
             continue
-        if not isinstance(meta, dict) or meta.get("key") != key:
+        if not isinstance(meta, dict) or meta.get("key") != key or not stat.S_ISREG(st.st_mode):
+            continue
+        try:
+            pid = int(meta.get("pid", 0))
+        except (TypeError, ValueError):
             continue
         stale = time.time() - st.st_mtime > 2 * stall_s
-        if _alive(int(meta.get("pid", 0)), str(meta.get("host", ""))) and not stale:
+        if _alive(pid, str(meta.get("host", ""))) and not stale:
             continue
         stem = os.path.basename(part_path).rsplit(".", 2)[0]
         mine = os.path.join(folder, f"{stem}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
@@ -197,9 +222,13 @@ def check_content(path: str, name: str, allow_pickle: bool) -> tuple[str, list[s
             name = new
         return name, notes
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        if lower.endswith(SAFETENSORS_EXT):
+            raise SafetensorsError(name, "is a pickle (PyTorch .ckpt/.pt) file under a .safetensors name",
+                                   "Use the host's real .safetensors file; a pickle is only accepted under its own "
+                                   "extension (.ckpt/.pt) with \"allow_pickle\": true in the pack's settings file")
         if not allow_pickle:
-            raise SafetensorsError(name, "is a pickle (PyTorch .ckpt/.pt) file, which can run code when loaded; "
-                                   "it was not saved", "Use a .safetensors release of this model, or set "
+            raise SafetensorsError(name, "is a pickle (PyTorch .ckpt/.pt) file, which can run code when loaded",
+                                   "Use a .safetensors release of this model, or set "
                                    "\"allow_pickle\": true in the pack's settings file if you trust its source")
         notes.append(f"{name} is a pickle file, accepted because allow_pickle is set.")
         return name, notes
@@ -208,6 +237,12 @@ def check_content(path: str, name: str, allow_pickle: bool) -> tuple[str, list[s
     sniffed = sniff_non_safetensors(name, head)
     if sniffed is not None:
         raise sniffed
+    if lower.endswith(PICKLE_EXT) and not allow_pickle:
+        # Pickle streams need not start with a protocol marker; a file under a pickle extension
+        # that is not recognisably something else is treated as one.
+        raise SafetensorsError(name, "has a PyTorch pickle extension and is not a format that can be checked; it "
+                               "could run code when loaded", "Use a .safetensors release of this model, or set "
+                               "\"allow_pickle\": true in the pack's settings file if you trust its source")
     notes.append(f"{name}: format not recognised, so only its size and hash were checked.")
     return name, notes
 
@@ -283,18 +318,23 @@ class Downloader:
             found = self._existing(plan, folder, name)
             if found is not None:
                 return found
-        stem = safe_filename(name.rsplit("/", 1)[-1]) if name else f"download-{_key_hash(key)[:8]}"
+        stem = safe_filename(name.rsplit("/", 1)[-1]) if name else _provisional_stem(plan.url, key)
         part = _adopt_part(folder, key, self.settings.stall_timeout_s) or _new_part(folder, stem, key)
         started = time.monotonic()
-        resumed_from = part.size()
         try:
-            sha, total, final_url, disposition = self._transfer(plan, part)
+            sha, total, final_url, disposition, resumed_from = self._transfer(plan, part)
         except BaseException:
             if part.size() == 0:
                 part.remove()  # nothing to resume: leave no trace
             raise
         seconds = time.monotonic() - started
         size = part.size()
+        if not _is_regular(part.path):
+            raise FetchError(f"{part.path} was replaced by something that is not a plain file while downloading; "
+                             "nothing was saved.")
+        if size == 0:
+            part.remove()
+            raise FetchError(f"{for_log(plan.url)} sent an empty file; nothing was saved. Check the URL.")
         # -- verify: size, then SHA-256, then content -----------------------------------------
         expected = plan.expected_size
         if total is not None and size != total:
@@ -303,17 +343,27 @@ class Downloader:
             part.remove()
             raise FetchError(f"{for_log(plan.url)} sent {size} bytes but the host lists the file as {expected} "
                              "bytes; the file on the host may have changed. Nothing was saved.")
+        wanted = plan.wanted_hash
+        wrong_hash = None
         if plan.expected_sha256 and sha != plan.expected_sha256:
+            wrong_hash = f"expected {plan.expected_sha256}"
+        elif wanted and wanted[0] in ("sha256", "autov2") and not sha.upper().startswith(wanted[1]):
+            wrong_hash = f"which does not match the {wanted[0]} {wanted[1]} asked for"
+        if wrong_hash:
             bad = os.path.join(folder, f"{stem}.sha256-mismatch{PART_SUFFIX}")
             os.replace(part.path, bad)
             part.remove()
-            raise FetchError(f"{stem}: downloaded bytes have SHA-256 {sha}, expected {plan.expected_sha256}. "
+            raise FetchError(f"{stem}: downloaded bytes have SHA-256 {sha}, {wrong_hash}. "
                              f"Kept as {bad} and not used. If the host replaced the file on purpose, give its new "
                              "SHA-256 as the expected hash; otherwise try again later.")
         if not name:
-            name = safe_filename(content_disposition_filename(disposition)
-                                 or urlsplit(final_url).path.rsplit("/", 1)[-1]
-                                 or urlsplit(plan.url).path.rsplit("/", 1)[-1], "file name from the server")
+            try:
+                name = safe_filename(content_disposition_filename(disposition)
+                                     or urlsplit(final_url).path.rsplit("/", 1)[-1]
+                                     or urlsplit(plan.url).path.rsplit("/", 1)[-1], "the file name the server gives")
+            except Exception:
+                part.remove()
+                raise
             found = self._existing(plan.__class__(plan.url, name, expected_sha256=sha), folder, name) \
                 if os.path.isfile(safe_join(folder, name)) else None
             if found is not None:
@@ -322,9 +372,10 @@ class Downloader:
                 return found
         try:
             publish_name, notes = check_content(part.path, name, self.settings.allow_pickle)
-        except SafetensorsError:
+        except SafetensorsError as e:
             part.remove()
-            raise
+            raise FetchError(f"{name} from {for_log(plan.url)}: {e.reason}. Nothing was saved. "
+                             f"{_download_fix(e.fix)}") from None
         if plan.pickle_declared and not self.settings.allow_pickle:
             part.remove()
             raise FetchError(f"{name}: the host declares this file as a pickle (PickleTensor) model; refused. "
@@ -350,13 +401,21 @@ class Downloader:
         return Downloaded(dest, size, sha, fresh=True, transferred=size - resumed_from, resumed_from=resumed_from,
                           seconds=seconds, notes=plan.notes + notes)
 
-    def _transfer(self, plan: Plan, part: _Part) -> tuple[str, int | None, str, str | None]:
+    def _transfer(self, plan: Plan, part: _Part) -> tuple[str, int | None, str, str | None, int]:
         """Fill ``part`` with the object's bytes. Returns (sha256, total or None, final URL,
-        Content-Disposition)."""
+        Content-Disposition, the byte the transfer resumed from)."""
         settings = self.settings
         have = part.size()
+        validator = part.meta.get("etag") or part.meta.get("last_modified")
+        if have and not validator and not plan.expected_sha256:
+            # Without a validator or a hash, the rest could come from a changed file and the
+            # spliced result would pass every check: start over instead.
+            _restart(part)
+            have = 0
         hasher = StreamHasher.from_file_prefix(part.path, have) if have else StreamHasher()
+        resumed_from = have
         total = part.meta.get("total")
+        limit = plan.expected_size + plan.size_tolerance if plan.expected_size is not None else None
         url = plan.url  # the origin; a signed storage URL is reused for resumes until it fails
         signed: str | None = None
         failures = 0
@@ -364,7 +423,7 @@ class Downloader:
         disposition = part.meta.get("disposition")
         while True:
             if total is not None and have == total:
-                return hasher.hexdigest(), total, signed or url, disposition
+                return hasher.hexdigest(), total, signed or url, disposition, resumed_from
             headers = {}
             validator = part.meta.get("etag") or part.meta.get("last_modified")
             if have:
@@ -375,8 +434,12 @@ class Downloader:
             try:
                 answer = self.client.open("GET", signed or url, headers, use_token=plan.use_token)
             except (Urllib3Error, OSError) as e:
+                if _is_tls_error(e):
+                    raise FetchError(f"{for_log(signed or url)}: the secure (TLS) connection failed ({_why(e)}). "
+                                     "Check the URL; a local mirror without TLS is reached with http:// and "
+                                     "\"allow_loopback\".") from None
                 failures += 1
-                self._retry_or_fail(failures, f"connection failed ({type(e).__name__})", None, plan)
+                self._retry_or_fail(failures, f"connection failed ({_why(e)})", None, plan, have)
                 continue
             status = answer.status
             storage_host = urlsplit(answer.url).hostname != urlsplit(url).hostname
@@ -399,10 +462,17 @@ class Downloader:
             if status == 416:
                 answer.close()
                 _restart(part)
-                have, hasher, total = 0, StreamHasher(), None
+                have, hasher, total, resumed_from = 0, StreamHasher(), None, 0
+                failures += 1
+                self._retry_or_fail(failures, "the server refused the byte range (416)", None, plan)
                 continue
             if status >= 400 or status not in (200, 206):
                 raise explain(answer, f"download of {for_log(plan.url)}", settings)
+            encoding = (answer.header("Content-Encoding") or "identity").strip().lower()
+            if encoding != "identity":
+                answer.close()
+                raise FetchError(f"{for_log(url)} sent the file compressed ({encoding}) although it was asked not "
+                                 "to; compressed bytes cannot be verified or resumed. Use another host or mirror.")
             length = answer.header("Content-Length")
             if status == 206:
                 cr = _content_range(answer.header("Content-Range"))
@@ -410,16 +480,18 @@ class Downloader:
                     # Not the continuation we asked for: start over without Range.
                     answer.close()
                     _restart(part)
-                    have, hasher = 0, StreamHasher()
+                    have, hasher, resumed_from = 0, StreamHasher(), 0
                     part.meta.pop("etag", None)
                     part.meta.pop("last_modified", None)
+                    failures += 1
+                    self._retry_or_fail(failures, "the server sent another byte range than asked", None, plan)
                     continue
                 total = cr[1] if cr[1] is not None else total
             else:
                 if have:
                     log.info("%s ignored the Range request; starting over", for_log(url))
                     _restart(part)
-                    have, hasher = 0, StreamHasher()
+                    have, hasher, resumed_from = 0, StreamHasher(), 0
                 total = int(length) if length and length.isdigit() else None
                 part.meta.update(total=total, etag=_strong_etag(answer.header("ETag")),
                                  last_modified=answer.header("Last-Modified"), url=for_log(plan.url),
@@ -436,25 +508,27 @@ class Downloader:
                 signed = answer.url
             before = have
             try:
-                have = self._stream(answer, part, hasher, have, total)
+                have = self._stream(answer, part, hasher, have, total, limit)
             except (Urllib3Error, OSError) as e:
                 if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
                     raise  # a local write error (disk full): not the network's fault
                 failures = 0 if have > before else failures + 1
                 have = part.size()
-                self._retry_or_fail(failures + 1, f"connection dropped at byte {have} ({type(e).__name__})",
-                                    None, plan)
+                self._retry_or_fail(failures + 1, f"connection dropped at byte {have} ({_why(e)})",
+                                    None, plan, have)
                 continue
             finally:
                 answer.close()
             if total is None:
-                return hasher.hexdigest(), None, signed or url, disposition
+                return hasher.hexdigest(), None, signed or url, disposition, resumed_from
             if have < total:
                 failures = 0 if have > before else failures + 1
-                self._retry_or_fail(failures + 1, f"connection closed at byte {have} of {total}", None, plan)
+                self._retry_or_fail(failures + 1, f"connection closed at byte {have} of {total}", None, plan, have)
 
-    def _stream(self, answer, part: _Part, hasher: StreamHasher, have: int, total: int | None) -> int:
-        with open(part.path, "r+b" if have else "wb") as f:
+    def _stream(self, answer, part: _Part, hasher: StreamHasher, have: int, total: int | None,
+                limit: int | None) -> int:
+        """Append the response body to ``part``; ``limit`` bytes at most (the size the host lists)."""
+        with _open_part(part.path, truncate=not have) as f:
             f.seek(have)
             f.truncate()
             # read1: whatever has arrived (up to CHUNK), so a stall loses no received bytes.
@@ -462,16 +536,22 @@ class Downloader:
                 if total is not None and have + len(chunk) > total:
                     raise FetchError(f"{for_log(answer.url)} sent more bytes than the {total} it announced; "
                                      "nothing was saved. Try again later.")
+                if limit is not None and have + len(chunk) > limit:
+                    raise FetchError(f"{for_log(answer.url)} sent more than the {limit} bytes the host lists for "
+                                     "this file; stopped there and nothing was saved.")
                 f.write(chunk)
                 hasher.update(chunk)
                 have += len(chunk)
                 self.progress(have, total)
         return have
 
-    def _retry_or_fail(self, failures: int, what: str, retry_after: str | None, plan: Plan) -> None:
+    def _retry_or_fail(self, failures: int, what: str, retry_after: str | None, plan: Plan,
+                       kept: int = 0) -> None:
         if failures > self.settings.retries:
+            keep = (f" The {kept} bytes downloaded so far are kept; run again to resume." if kept
+                    else " Try again later.")
             raise FetchError(f"download of {for_log(plan.url)}: {what}, still after {self.settings.retries} "
-                             "retries. The part downloaded so far is kept; run again to resume.")
+                             f"retries.{keep}")
         wait = self.client.backoff_s(failures - 1, retry_after)
         log.info("%s: %s; retrying in %.1f s", for_log(plan.url), what, wait)
         self.client.sleep(wait)
@@ -479,8 +559,47 @@ class Downloader:
 
 def _restart(part: _Part) -> None:
     """Empty ``part`` so the transfer starts again from byte 0."""
-    with open(part.path, "wb"):
+    with _open_part(part.path, truncate=True):
         pass
+
+
+def _provisional_stem(url: str, key: str) -> str:
+    """A part file's name before the server has named the file: the URL's last path segment
+    when it is a safe name, so a user can tell which download a part belongs to."""
+    try:
+        return safe_filename(urlsplit(url).path.rsplit("/", 1)[-1])
+    except Exception:
+        return f"download-{_key_hash(key)[:8]}"
+
+
+def _download_fix(fix: str) -> str:
+    # The file-oriented advice ("download it again") does not fit a host that serves a broken file.
+    if "download it again" in fix.lower() or "truncated" in fix.lower():
+        return "The file on the host is incomplete or damaged; try again later or use another source."
+    return fix
+
+
+def _why(e: BaseException) -> str:
+    """A short reason for a connection error, for messages."""
+    text = str(e)
+    for known in ("Connection refused", "timed out", "Name or service not known", "Connection reset"):
+        if known.lower() in text.lower():
+            return known.lower()
+    return type(e).__name__
+
+
+def _is_tls_error(e: BaseException) -> bool:
+    import ssl
+
+    from urllib3.exceptions import SSLError
+
+    for _ in range(8):  # the cause chain, bounded
+        if not isinstance(e, BaseException):
+            return False
+        if isinstance(e, (SSLError, ssl.SSLError)):
+            return True
+        e = e.__cause__ or e.__context__ or getattr(e, "reason", None)
+    return False
 
 
 def _strong_etag(value: str | None) -> str | None:

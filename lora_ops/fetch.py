@@ -29,9 +29,9 @@ from .fetch_settings import FetchSettings
 if TYPE_CHECKING:
     from .hash_index import HashIndex
 from .http_client import Client, FetchError
-from .netguard import for_log, safe_join, safe_subpath
+from .netguard import UnsafeError, for_log, safe_subpath
 from .remote import Resolver
-from .source_ref import HashRef, LocalRef, SourceError, describe, parse_source
+from .source_ref import HashRef, LocalRef, SourceError, UrlRef, describe, parse_source
 
 log = logging.getLogger("lora_workbench.fetch")
 
@@ -69,6 +69,18 @@ class FetchResult:
             lines.append(f"  from {self.provenance['url']}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _relative(path: str, roots: list[str]) -> tuple[str, str] | None:
+    """(root, name relative to it with ``/``) for a file under one of ``roots``, as reached from the
+    root (links kept, like ComfyUI's lists), else through the roots' real paths; None when outside."""
+    for resolve in (os.path.abspath, os.path.realpath):
+        p = resolve(path)
+        for root in roots:
+            r = resolve(root)
+            if p.startswith(r.rstrip(os.sep) + os.sep):
+                return root, os.path.relpath(p, r).replace(os.sep, "/")
+    return None
 
 
 def describe_how(r: FetchResult) -> str:
@@ -138,8 +150,12 @@ class Fetcher:
             if len(expected_sha256) != 64 or any(c not in "0123456789abcdef" for c in expected_sha256):
                 raise SourceError(f"expected SHA-256 {expected_sha256!r} is not 64 hexadecimal digits.")
         if isinstance(ref, LocalRef):
+            # Looked up as ComfyUI's loaders do: a name under one of the folder's paths, which may
+            # be a link to a file elsewhere (nothing is written here, so links are fine).
+            if any(seg == ".." for seg in ref.name.split("/")):
+                raise SourceError(f"{ref.name!r}: '..' is not allowed in a file name.")
             for root in roots:
-                path = safe_join(root, ref.name)
+                path = os.path.join(root, *ref.name.split("/"))
                 if os.path.isfile(path):
                     return FetchResult(path, ref.name, root, None, "local", text, notes=notes)
             raise SourceError(f"{ref.name!r} is not in the {directory} folder ({', '.join(roots)}).")
@@ -153,10 +169,16 @@ class Fetcher:
             if local is None and isinstance(ref, HashRef) and ref.kind != "sha256":
                 local = self._local((ref.kind, ref.value), roots, scan=True)
             if local is not None:
-                return self._found(local, roots, text, notes, "index")
+                return self._found(local, roots, text, notes, "index", filename, ref)
 
         log.info("resolving %s", describe(ref) if not hasattr(ref, "url") else for_log(ref.url))
-        plan = self.resolver.plan(ref, text)
+        try:
+            plan = self.resolver.plan(ref, text)
+        except (FetchError, UnsafeError) as e:
+            if isinstance(ref, HashRef):
+                raise FetchError(f"No file with {ref.kind} {ref.value} is in the {directory} folder, and looking it "
+                                 f"up on Civitai failed: {e}", getattr(e, "status", None)) from None
+            raise
         if expected_sha256:
             if plan.expected_sha256 and plan.expected_sha256 != expected_sha256:
                 notes.append(f"the host lists SHA-256 {plan.expected_sha256}; the expected {expected_sha256} "
@@ -165,7 +187,7 @@ class Fetcher:
         if plan.expected_sha256 and self.index is not None:
             local = self._local(("sha256", plan.expected_sha256.upper()), roots, scan=False)
             if local is not None:
-                result = self._found(local, roots, text, notes, "index")
+                result = self._found(local, roots, text, notes, "index", filename, ref)
                 result.provenance = plan.provenance
                 self._remember(text, result)
                 return result
@@ -184,17 +206,20 @@ class Fetcher:
         if not key or not key[1]:
             return None
         kind, value = key
-        hits = self.index.lookup(kind, value, roots)
+        hits = [h for h in self.index.lookup(kind, value, roots) if _relative(h, roots)]
         if not hits and scan:
-            hits = self.index.find(kind, value, roots)
+            hits = [h for h in self.index.find(kind, value, roots) if _relative(h, roots)]
         return hits[0] if hits else None
 
-    def _found(self, path: str, roots: list[str], text: str, notes: list[str], how: str) -> FetchResult:
-        real = os.path.realpath(path)
-        root = next((r for r in roots if real.startswith(os.path.realpath(r) + os.sep)), roots[0])
-        name = os.path.relpath(real, os.path.realpath(root)).replace(os.sep, "/")
+    def _found(self, path: str, roots: list[str], text: str, notes: list[str], how: str,
+               filename: str | None = None, ref=None) -> FetchResult:
+        root, name = _relative(path, roots)
         sha = self.index.hashes_for(path).sha256.lower() if self.index is not None else None
-        prov = (self.index.provenance(sha) or {}) if (self.index is not None and sha) else {}
+        prov = dict((self.index.provenance(sha) or {}) if (self.index is not None and sha) else {})
+        if isinstance(ref, UrlRef):
+            prov["url"] = for_log(ref.url)  # the URL given now, not the one this content came from before
+        if filename and filename != name:
+            notes = notes + [f"save_as {filename!r} not used: the same file is already in the folder as {name}."]
         return FetchResult(path, name, root, sha, how, text, prov, notes)
 
     def _remember(self, text: str, result: FetchResult) -> None:

@@ -52,13 +52,15 @@ class FetchSettings:
     connect_timeout_s: float = 20.0
     max_redirects: int = 5
     user_agent: str = "lora-workbench/0.1"
+    # Where these settings live, for messages that tell the user which file to edit.
+    settings_path: str = field(default="the pack's settings.json", compare=False)
 
     def civitai_hosts(self) -> tuple[str, ...]:
-        """Hosts that get the Civitai token: the Civitai family and the configured endpoint's host."""
+        """Hosts whose URLs are read as Civitai's: the Civitai family and the configured endpoint's host."""
         return CIVITAI_HOSTS + ((_host(self.civitai_endpoint),) if _host(self.civitai_endpoint) else ())
 
     def hf_hosts(self) -> tuple[str, ...]:
-        """Hosts that get the Hugging Face token: huggingface.co, hf.co and the configured endpoint's host."""
+        """Hosts whose URLs are read as Hugging Face's: huggingface.co, hf.co and the configured endpoint's host."""
         return HF_HOSTS + ((_host(self.hf_endpoint),) if _host(self.hf_endpoint) else ())
 
     def with_overrides(self, **changes) -> FetchSettings:
@@ -86,8 +88,32 @@ def _checked(path: str, data: dict) -> dict:
             raise SettingsError(f"{path}: setting {key!r} = {value!r} should be of type {want}; fix the file.")
         if key in ("civitai_endpoint", "hf_endpoint") and urlsplit(value).scheme not in ("https", "http"):
             raise SettingsError(f"{path}: {key} must be a URL like https://civitai.com (got {value!r}).")
-        out[key] = tuple(v.lower() for v in value) if want == "tuple[str, ...]" else value
+        if key in ("stall_timeout_s", "connect_timeout_s") and value <= 0:
+            raise SettingsError(f"{path}: {key} must be more than 0 seconds (got {value!r}).")
+        if key == "user_agent" and not _printable(value):
+            raise SettingsError(f"{path}: user_agent must be printable ASCII text on one line.")
+        if want == "tuple[str, ...]":  # host names: "Host.org:8443" is taken as "host.org"
+            value = tuple(urlsplit("//" + v.strip()).hostname or v.strip().lower() for v in value)
+        out[key] = value
     return out
+
+
+def _printable(text: str) -> bool:
+    return all(32 <= ord(c) < 127 for c in text)
+
+
+def _token(value: str | None, where: str) -> str | None:
+    """A token as sent in an Authorization header: surrounding white space removed, then
+    printable ASCII without spaces. The message never repeats the value."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if not all(33 <= ord(c) < 127 for c in value):
+        raise SettingsError(f"the token in {where} contains spaces, line breaks or non-ASCII characters; "
+                            "copy it again from the site's token page.")
+    return value
 
 
 def load_settings(folder: str | os.PathLike | None, environ: dict | None = None) -> FetchSettings:
@@ -99,20 +125,24 @@ def load_settings(folder: str | os.PathLike | None, environ: dict | None = None)
     values: dict = {}
     if folder is not None:
         path = os.path.join(folder, SETTINGS_FILE)
+        values["settings_path"] = os.path.abspath(path)
         if os.path.exists(path):
             try:
-                with open(path, encoding="utf-8") as f:
+                with open(path, encoding="utf-8-sig") as f:  # -sig: files saved by Windows Notepad
                     data = json.load(f)
             except (OSError, ValueError) as e:
                 raise SettingsError(f"{path} cannot be read as JSON ({e}); fix or delete it.") from None
             if not isinstance(data, dict):
                 raise SettingsError(f"{path} must hold a JSON object of settings; fix or delete it.")
-            values = _checked(path, data)
+            values.update(_checked(path, data))
+            for key in ("civitai_token", "hf_token"):
+                if key in values:
+                    values[key] = _token(values[key], f"{path} ({key})")
     for key, names in (("civitai_token", ("CIVITAI_API_TOKEN", "CIVITAI_TOKEN")),
                        ("hf_token", ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))):
         for name in names:
             if env.get(name, "").strip():
-                values[key] = env[name].strip()
+                values[key] = _token(env[name], f"the environment variable {name}")
                 break
     if env.get("HF_ENDPOINT", "").strip():
         values["hf_endpoint"] = env["HF_ENDPOINT"].strip().rstrip("/")

@@ -179,13 +179,19 @@ class HashIndex:
         self._conn = None
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._file_id = _file_id(self.path)
+        if os.path.isdir(self.path):
+            raise HashIndexError(f"The hash index {self.path} is a folder, not a file: move it away.")
         try:
-            self._conn = self._open()
-        except sqlite3.DatabaseError as e:
-            if not _is_corruption(e):
-                raise
-            self._set_aside(e)
-            self._conn = self._open()
+            try:
+                self._conn = self._open()
+            except sqlite3.DatabaseError as e:
+                if not _is_corruption(e):
+                    raise
+                self._set_aside(e)
+                self._conn = self._open()
+        except sqlite3.Error as e:
+            raise HashIndexError(f"The hash index {self.path} cannot be opened ({e}); check the folder's "
+                                 "permissions and free space, or delete the file (it is rebuilt).") from e
         self._file_id = _file_id(self.path)
         self._pid = os.getpid()
         return self._conn

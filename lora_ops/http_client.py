@@ -26,13 +26,13 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .fetch_settings import FetchSettings
-from .netguard import UnsafeError, for_log, host_matches, is_loopback_host, vet_address
+from .netguard import UnsafeError, for_log, is_loopback_host, vet_address
 
 log = logging.getLogger("lora_workbench.fetch")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-MAX_RETRY_AFTER_S = 300.0
+MAX_RETRY_AFTER_S = 120.0
 
 
 class FetchError(RuntimeError):
@@ -78,19 +78,32 @@ class Answer:
             raise FetchError(f"{for_log(self.url)} answered more than {limit} bytes of JSON.")
         try:
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FetchError(f"{for_log(self.url)} did not answer JSON (status {self.status}): "
                              f"{data[:200]!r}", self.status) from None
 
 
+# The exact API hosts a token is sent to: not their subdomains, which include the storage and
+# CDN hosts (cdn-lfs.hf.co, cas-bridge.xethub.hf.co) that downloads are redirected to.
+CIVITAI_TOKEN_HOSTS = ("civitai.com", "www.civitai.com", "civitai.green", "civitai.red")
+HF_TOKEN_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
+
+
 def token_for(url: str, settings: FetchSettings) -> str | None:
-    """The token bound to ``url``'s host family, or None (see :class:`FetchSettings`)."""
-    host = (urlsplit(url).hostname or "").lower()
-    if settings.civitai_token and host_matches(host, settings.civitai_hosts()):
+    """The token for ``url``: the Civitai token for Civitai's own API hosts (and the configured
+    endpoint's host), the Hugging Face token for huggingface.co/hf.co (and its endpoint's), else None."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    civitai = CIVITAI_TOKEN_HOSTS + (_host(settings.civitai_endpoint),)
+    hf = HF_TOKEN_HOSTS + (_host(settings.hf_endpoint),)
+    if settings.civitai_token and host in civitai:
         return settings.civitai_token
-    if settings.hf_token and host_matches(host, settings.hf_hosts()):
+    if settings.hf_token and host in hf:
         return settings.hf_token
     return None
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
 
 
 class Client:
@@ -130,15 +143,22 @@ class Client:
         """
         origin = url
         for _hop in range(self.settings.max_redirects + 1):
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+                port = parts.port
+            except ValueError as e:
+                raise UnsafeError(f"refused {for_log(url)}: not a valid URL ({e}).") from None
             scheme = parts.scheme.lower()
             if scheme not in ("https", "http"):
                 raise UnsafeError(f"refused redirect to {for_log(url)}: only https:// is followed.")
             host = (parts.hostname or "").lower()
-            port = parts.port or (443 if scheme == "https" else 80)
+            if not host:
+                raise UnsafeError(f"refused {for_log(url)}: no host name.")
+            port = port or (443 if scheme == "https" else 80)
             pool = self._pool(scheme, host, port)
+            named = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in Host
             hdrs = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
-                    "Host": host if parts.port is None else f"{host}:{parts.port}"}
+                    "Host": named if parts.port is None else f"{named}:{parts.port}"}
             hdrs.update(headers or {})
             token = token_for(url, self.settings) if use_token else None
             if token:
@@ -172,14 +192,17 @@ class Client:
 
     def backoff_s(self, attempt: int, retry_after: str | None = None) -> float:
         """Seconds to wait before retry ``attempt`` (0-based): ``Retry-After`` when given (seconds or
-        an HTTP date, capped at 300 s), else ``backoff_s * 2**attempt`` with +-50 % jitter, capped at 60 s."""
+        an HTTP date, capped at 120 s), else ``backoff_s * 2**attempt`` with +-50 % jitter, capped at 60 s."""
         if retry_after:
             try:
-                return min(MAX_RETRY_AFTER_S, max(0.0, float(retry_after)))
+                wait = float(retry_after)
             except ValueError:
-                when = email.utils.parsedate_to_datetime(retry_after) if retry_after else None
-                if when is not None:
-                    return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - time.time()))
+                try:
+                    wait = email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
+                except (TypeError, ValueError, OverflowError):
+                    wait = None  # not a number nor a date: fall back to our own backoff
+            if wait is not None and wait == wait:  # not NaN
+                return min(MAX_RETRY_AFTER_S, max(0.0, wait))
         return min(60.0, self.settings.backoff_s * 2 ** attempt) * (0.5 + random.random())
 
     def request(self, method: str, url: str, headers: dict | None = None, use_token: bool = True,

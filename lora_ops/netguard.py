@@ -68,19 +68,38 @@ def for_log(url: str) -> str:
     return scrub_url(url)[0]
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for: mapped, NAT64, 6to4 or IPv4-compatible."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    return None
+
+
 def _is_refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str | None:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _SITE_LOCAL:
+            return "a site-local address"
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            ip = inner
     if ip.is_loopback:
-        return None if allow_loopback else "loopback"
+        return None if allow_loopback else "a loopback address"
     if ip.is_link_local:
-        return "link-local (cloud metadata and local devices)"
+        return "a link-local address (cloud metadata and local devices)"
     if ip.is_multicast:
-        return "multicast"
+        return "a multicast address"
     if ip.is_unspecified:
-        return "unspecified"
+        return "an unspecified address"
     if ip.is_private:
-        return "private network"
+        return "a private network address"
     if not ip.is_global:
         return "not a public internet address"
     return None
@@ -103,9 +122,9 @@ def vet_address(host: str, port: int, allow_loopback: bool = False) -> list[str]
         ip = ipaddress.ip_address(addr)
         why = _is_refused(ip, allow_loopback)
         if why is not None:
-            fix = (" Local mirrors need \"allow_loopback\": true in the pack's settings file."
-                   if why == "loopback" else "")
-            raise UnsafeError(f"refused to connect to {host} ({addr}): a {why} address. LoRA Workbench only "
+            fix = (" Local mirrors need \"allow_loopback\": true in the pack's settings.json (ComfyUI: "
+                   "user/__lora_workbench/; command line: --allow-loopback)." if "loopback" in why else "")
+            raise UnsafeError(f"refused to connect to {host} ({addr}): {why}. LoRA Workbench only "
                               f"downloads from public hosts.{fix}")
         if addr not in addrs:
             addrs.append(addr)
@@ -140,8 +159,8 @@ def safe_filename(name: str, what: str = "file name") -> str:
         problem = "is empty after removing folders"
     elif name.startswith("."):
         problem = "starts with a dot (a hidden file)"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
-        problem = "contains control characters"
+    elif any(ord(c) < 32 or ord(c) == 127 or unicodedata.category(c) in ("Cf", "Cc") for c in name):
+        problem = "contains control or invisible formatting characters (which can disguise the extension)"
     elif name.endswith((".", " ")):
         problem = "ends with a dot or space"
     elif re.match(r"^[a-zA-Z]:", name) or ":" in name:
@@ -151,7 +170,8 @@ def safe_filename(name: str, what: str = "file name") -> str:
     elif len(name.encode("utf-8")) > MAX_NAME_BYTES:
         problem = f"is longer than {MAX_NAME_BYTES} bytes"
     if problem:
-        raise UnsafeError(f"{what} {original!r} {problem}; give the node a filename to save it under.")
+        raise UnsafeError(f"{what} {original!r} {problem}; give a name to save it under (the node's save_as, "
+                          "or --filename on the command line).")
     return name
 
 

@@ -18,6 +18,7 @@ model's terms, early access until when).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
@@ -47,6 +48,9 @@ class Plan:
     pickle_declared: bool = False
     notes: list[str] = field(default_factory=list)
     use_token: bool = True
+    # (kind, upper-case hex) of a hash source: checked against the downloaded bytes' SHA-256
+    # for sha256 and autov2 (its first 10 hex digits).
+    wanted_hash: tuple[str, str] | None = None
 
     def key(self) -> str:
         """What identifies the object across runs (for resuming and locking)."""
@@ -71,11 +75,11 @@ def explain(answer: Answer, what: str, settings: FetchSettings) -> FetchError:
     hf = host_matches(host, settings.hf_hosts())
     if status == 401:
         if civitai:
-            fix = ("The Civitai token was refused: check CIVITAI_API_TOKEN (or civitai_token in the settings file)."
-                   if answer.auth_sent else
+            fix = (f"The Civitai token was refused: check CIVITAI_API_TOKEN (or civitai_token in "
+                   f"{settings.settings_path})." if answer.auth_sent else
                    "Civitai needs an API token for this download: create one at civitai.com (Account settings, "
-                   "API keys) and set CIVITAI_API_TOKEN in ComfyUI's environment, or civitai_token in the "
-                   "pack's settings file (user/__lora_workbench/settings.json).")
+                   "API keys) and set CIVITAI_API_TOKEN in ComfyUI's environment, or civitai_token in "
+                   f"{settings.settings_path}.")
         elif hf:
             fix = ("This repository is gated or private: accept its terms on the model page, then set HF_TOKEN "
                    "(a Hugging Face access token) in ComfyUI's environment.")
@@ -133,10 +137,11 @@ class Resolver:
         version_id = ref.version_id
         if version_id is None:
             model = self._api(f"/api/v1/models/{ref.model_id}", f"Civitai model {ref.model_id}")
-            versions = model.get("modelVersions") or [] if isinstance(model, dict) else []
-            if not versions:
+            versions = _list(_dict(model).get("modelVersions"))
+            first = _dict(versions[0]) if versions else {}
+            version_id = first.get("id")
+            if not isinstance(version_id, int) or isinstance(version_id, bool):
                 raise FetchError(f"Civitai model {ref.model_id} has no published version to download.")
-            version_id = versions[0].get("id")
         version = self._api(f"/api/v1/model-versions/{version_id}", f"Civitai model version {version_id}")
         return self._civitai_plan(version, ref.file_id, dict(ref.filters), None)
 
@@ -150,13 +155,22 @@ class Resolver:
                              "it either. Put the file in the folder, or give its URL instead.", 404)
         if answer.status != 200:
             raise explain(answer, f"Civitai lookup of {what}", self.settings)
-        return self._civitai_plan(answer.json(), None, {}, ref)
+        plan = self._civitai_plan(answer.json(), None, {}, ref)
+        plan.wanted_hash = (ref.kind, ref.value)
+        if ref.kind == "sha256":
+            plan.expected_sha256 = ref.value.lower()
+        elif plan.expected_sha256 is None and ref.kind != "autov2":
+            raise FetchError(f"Civitai lists no SHA-256 for the file with {what}, so a download could not be "
+                             "checked against it; give its URL and SHA-256 instead.")
+        return plan
 
     def _civitai_plan(self, version: dict, file_id: int | None, filters: dict, by_hash: HashRef | None) -> Plan:
         if not isinstance(version, dict) or not isinstance(version.get("files"), list):
             raise FetchError("Civitai answered a model version without a file list; try again later.")
         vid = version.get("id")
         files = [f for f in version["files"] if isinstance(f, dict)]
+        for f in files:  # the fields used below, with the types the API documents
+            f["hashes"], f["metadata"] = _dict(f.get("hashes")), _dict(f.get("metadata"))
         chosen = _choose_file(files, file_id, filters, by_hash)
         if chosen is None:
             wanted = (f"file {file_id}" if file_id else f"a file with {by_hash.kind} {by_hash.value}" if by_hash
@@ -169,12 +183,15 @@ class Resolver:
         sha = hashes.get("sha256")
         sha = sha.lower() if sha and _HEX64.match(sha) else None
         size_kb = chosen.get("sizeKB")
+        if not isinstance(size_kb, (int, float)) or isinstance(size_kb, bool) or not math.isfinite(size_kb) \
+                or size_kb < 0:
+            size_kb = None
         endpoint = self.settings.civitai_endpoint
         url = str(chosen.get("downloadUrl") or f"{endpoint}/api/download/models/{vid}?fileId={chosen.get('id')}")
         if not host_matches(urlsplit(url).hostname or "", self.settings.civitai_hosts()):
             url = f"{endpoint}/api/download/models/{vid}?fileId={chosen.get('id')}"
-        meta = chosen.get("metadata") or {}
-        model = version.get("model") or {}
+        meta = chosen["metadata"]
+        model = _dict(version.get("model"))
         plan = Plan(url=url, filename=name,
                     expected_size=int(float(size_kb) * 1024) if isinstance(size_kb, (int, float)) else None,
                     size_tolerance=1024, expected_sha256=sha,
@@ -183,7 +200,8 @@ class Resolver:
             "url": for_log(url), "air": version.get("air"), "host": "civitai",
             "civitai": {"model_id": version.get("modelId"), "version_id": vid, "file_id": chosen.get("id"),
                         "model_name": model.get("name"), "version_name": version.get("name")},
-            "base_model": version.get("baseModel"), "trained_words": version.get("trainedWords") or [],
+            "base_model": version.get("baseModel") if isinstance(version.get("baseModel"), str) else None,
+            "trained_words": [w for w in _list(version.get("trainedWords")) if isinstance(w, str)],
         }
         if sha is None:
             plan.notes.append("Civitai lists no SHA-256 for this file; it is checked by size and structure only.")
@@ -248,32 +266,41 @@ class Resolver:
         allowed = host_matches(host, self.settings.allowed_hosts) or (
             self.settings.allow_loopback and is_loopback_host(host))
         if not allowed:
+            hint = (f"for a mirror on this machine set \"allow_loopback\": true in {self.settings.settings_path} "
+                    "(--allow-loopback on the command line)" if is_loopback_host(host) else
+                    f"to fetch from another host, add {host!r} to \"allowed_hosts\" in {self.settings.settings_path}")
             raise FetchError(f"{describe(ref)}: {host} is not an allowed host. LoRA Workbench fetches from "
-                             "Civitai and Hugging Face; to fetch from another host, add it to \"allowed_hosts\" "
-                             "in the pack's settings file (user/__lora_workbench/settings.json).")
+                             f"Civitai and Hugging Face; {hint}.")
         name = urlsplit(ref.url).path.rsplit("/", 1)[-1]
         plan = Plan(url=ref.url, filename=None)
         plan.provenance = {"url": for_log(ref.url), "host": host, "path_name": name}
         return plan
 
 
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x) -> list:
+    return x if isinstance(x, list) else []
+
+
 def _choose_file(files: list[dict], file_id: int | None, filters: dict, by_hash: HashRef | None) -> dict | None:
     if file_id is not None:
         return next((f for f in files if f.get("id") == file_id), None)
     if by_hash is not None:
+        # Only the file that has this hash: never another file of the same version.
         kind = by_hash.kind.lower()
-        hit = next((f for f in files if str((f.get("hashes") or {}).get(_civitai_hash_key(kind), "")).upper()
-                    == by_hash.value), None)
-        if hit is not None:
-            return hit
+        return next((f for f in files if str(f["hashes"].get(_civitai_hash_key(kind), "")).upper()
+                     == by_hash.value), None)
     if filters:
         def fits(f: dict) -> bool:
-            meta = {**(f.get("metadata") or {}), "type": f.get("type")}
+            meta = {**f["metadata"], "type": f.get("type")}
             return all(str(meta.get(k, "")).lower() == str(v).lower() for k, v in filters.items())
         return next((f for f in files if fits(f)), None)
     return (next((f for f in files if f.get("primary")), None)
-            or next((f for f in files if f.get("type") == "Model"
-                     and (f.get("metadata") or {}).get("format") == "SafeTensor"), None)
+            or next((f for f in files if f.get("type") == "Model" and f["metadata"].get("format") == "SafeTensor"),
+                    None)
             or (files[0] if files else None))
 
 

@@ -82,9 +82,9 @@ Ref = LocalRef | CivitaiRef | HFRef | HashRef | UrlRef
 HASH_LENGTHS = {"sha256": 64, "autov1": 8, "autov2": 10, "autov3": 12, "crc32": 8}
 _CIVITAI_FILTERS = ("type", "format", "size", "fp", "quantType")
 _AIR = re.compile(
-    r"^(?:urn:)?(?:air:)?(?P<eco>[a-z0-9_.-]+):(?P<kind>[a-z0-9_-]+):civitai:(?P<model>\d+)"
-    r"(?:@(?P<version>\d+))?(?:\+(?P<file>\d+))?(?:\.(?P<format>[a-z0-9]+))?$", re.IGNORECASE)
-_SHORT_CIVITAI = re.compile(r"^civitai:(?P<model>\d+)(?:@(?P<version>\d+))?$", re.IGNORECASE)
+    r"^(?:urn:)?(?:air:)?(?P<eco>[a-z0-9_.-]+):(?P<kind>[a-z0-9_-]+):civitai:(?P<model>[0-9]+)"
+    r"(?:@(?P<version>[0-9]+))?(?:\+(?P<file>[0-9]+))?(?:\.(?P<format>[a-z0-9]+))?$", re.IGNORECASE)
+_SHORT_CIVITAI = re.compile(r"^civitai:(?P<model>[0-9]+)(?:@(?P<version>[0-9]+))?$", re.IGNORECASE)
 _HF_SCHEME = re.compile(r"^hf://(?P<repo>(?:(?:datasets|spaces)/)?[^/@\s]+/[^/@\s]+)(?:@(?P<rev>[^/\s]+))?/"
                         r"(?P<path>\S+)$", re.IGNORECASE)
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -121,12 +121,13 @@ def parse_source(source: str, civitai_hosts: tuple[str, ...] = (), hf_hosts: tup
         if not m:
             raise SourceError(f"source {text!r}: expected civitai:<model id>[@<version id>], "
                               "e.g. civitai:4384@128713 (the numbers in the model page's URL).")
-        return Parsed(CivitaiRef(int(m["model"]), _int(m["version"])), text)
+        return Parsed(CivitaiRef(_int(m["model"], text), _int(m["version"], text)), text)
     if low.startswith("hf://"):
         m = _HF_SCHEME.match(text)
         if not m:
             raise SourceError(f"source {text!r}: expected hf://<org>/<repo>[@<revision>]/<path of the file>, "
                               "e.g. hf://org/repo/lora.safetensors.")
+        _check_segments(text, m["repo"], m["rev"] or "", unquote(m["path"]))
         return Parsed(HFRef(m["repo"], m["path"], m["rev"] or "main"), text)
     if _SCHEME.match(text):
         return _url(text, civitai_hosts, hf_hosts)
@@ -136,15 +137,30 @@ def parse_source(source: str, civitai_hosts: tuple[str, ...] = (), hf_hosts: tup
     return Parsed(LocalRef(text.replace("\\", "/")), text)
 
 
-def _int(v: str | None) -> int | None:
-    return int(v) if v else None
+_ID = re.compile(r"^[0-9]{1,12}$")
+
+
+def _int(v: str | None, text: str = "") -> int | None:
+    """An id from a source (ASCII digits, at most 12); None for None/empty."""
+    if not v:
+        return None
+    if not _ID.match(v):
+        raise SourceError(f"source {text!r}: {v[:40]!r} is not a Civitai id (a number of at most 12 digits).")
+    return int(v)
+
+
+def _check_segments(text: str, *parts: str) -> None:
+    for part in parts:
+        if any(seg in (".", "..") for seg in re.split(r"[\\/]", part)):
+            raise SourceError(f"source {text!r}: '.' and '..' are not allowed in a repository, revision or path.")
 
 
 def _hash_ref(kind: str, value: str, text: str) -> HashRef:
     n = HASH_LENGTHS[kind]
-    if not re.fullmatch(r"[0-9a-fA-F]+", value or "") or len(value) != n:
-        raise SourceError(f"source {text!r}: a {kind} hash is {n} hexadecimal digits "
-                          f"(got {len(value)} characters). Copy it again from the model page.")
+    if not re.fullmatch(r"[0-9a-fA-F]+", value or "", re.ASCII) or len(value) != n:
+        got = f"{len(value)} characters" if len(value) != n else "other characters"
+        raise SourceError(f"source {text!r}: a {kind} hash is {n} hexadecimal digits 0-9 and A-F "
+                          f"(got {got}). Copy it again from the model page.")
     return HashRef(kind, value.upper())
 
 
@@ -156,15 +172,24 @@ def _air(text: str) -> CivitaiRef:
                               "hf://<org>/<repo>/<file>.")
         raise SourceError(f"source {text!r}: expected an AIR like urn:air:sdxl:lora:civitai:<model>@<version>, "
                           "as Civitai shows it on the model page.")
-    return CivitaiRef(int(m["model"]), _int(m["version"]), _int(m["file"]), (), m["eco"].lower(), m["kind"].lower())
+    return CivitaiRef(_int(m["model"], text), _int(m["version"], text), _int(m["file"], text), (), m["eco"].lower(),
+                      m["kind"].lower())
 
 
 def _url(text: str, civitai_hosts: tuple[str, ...], hf_hosts: tuple[str, ...]) -> Parsed:
     clean, removed = scrub_url(text)
-    warnings = (("The URL carried credentials (a token= parameter or user:password); they were removed. "
-                 "Set CIVITAI_API_TOKEN or HF_TOKEN in the environment, or the token in the pack's "
-                 "settings file, instead."),) if removed else ()
-    parts = urlsplit(clean)
+    if removed:
+        # Refused rather than cleaned: the text with the token would stay in the node's widget,
+        # and so in the saved workflow, every image and /history.
+        raise SourceError(f"source {clean!r}: the URL carries credentials (a token= or signature parameter, or "
+                          "user:password@). Remove them from the source: tokens belong in CIVITAI_API_TOKEN or "
+                          "HF_TOKEN in ComfyUI's environment, or in the pack's settings file, never in a workflow.")
+    warnings: tuple[str, ...] = ()
+    try:
+        parts = urlsplit(clean)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as e:
+        raise SourceError(f"source {text[:200]!r} is not a valid URL ({e}).") from None
     if parts.scheme.lower() not in ("https", "http"):
         raise SourceError(f"source {clean!r}: only https:// URLs can be fetched (got {parts.scheme}://).")
     host = (parts.hostname or "").lower()
@@ -189,17 +214,15 @@ def _civitai_url(text: str, segs: list[str], query: dict) -> CivitaiRef | None:
         return v[0] if v else None
 
     if len(segs) >= 4 and segs[:3] == ["api", "download", "models"]:
-        if not segs[3].isdigit():
+        if not _ID.match(segs[3]):
             raise SourceError(f"source {text!r}: the download URL should end in a model version id (a number).")
         filters = tuple((k, one(k)) for k in _CIVITAI_FILTERS if one(k))
-        file_id = one("fileId")
-        return CivitaiRef(None, int(segs[3]), int(file_id) if file_id and file_id.isdigit() else None, filters)
+        return CivitaiRef(None, int(segs[3]), _int(one("fileId"), text), filters)
     if len(segs) >= 2 and segs[0] == "models":
-        if not segs[1].isdigit():
+        if not _ID.match(segs[1]):
             raise SourceError(f"source {text!r}: expected https://civitai.com/models/<model id>[/name]"
                               "[?modelVersionId=<version id>].")
-        version = one("modelVersionId")
-        return CivitaiRef(int(segs[1]), int(version) if version and version.isdigit() else None)
+        return CivitaiRef(int(segs[1]), _int(one("modelVersionId"), text))
     return None
 
 
@@ -209,7 +232,9 @@ def _hf_url(segs: list[str]) -> HFRef | None:
     if segs and segs[0] in ("datasets", "spaces"):
         prefix, segs = segs[:1], segs[1:]
     if len(segs) >= 5 and segs[2] in ("resolve", "blob"):
-        return HFRef("/".join(prefix + segs[:2]), "/".join(segs[4:]), segs[3])
+        ref = HFRef("/".join(prefix + segs[:2]), "/".join(segs[4:]), segs[3])
+        _check_segments(f"{ref.repo}/{ref.revision}/{ref.path}", ref.repo, ref.revision, ref.path)
+        return ref
     return None
 
 

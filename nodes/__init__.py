@@ -16,4 +16,8 @@ NODES: list[type[io.ComfyNode]] = [WorkbenchFetchModel, WorkbenchLoadCheckpoint,
 
 class LoraWorkbenchExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.75 calls only this (not on_load), before the server freezes its routes.
+        from .web_routes import register_with_server
+
+        register_with_server()
         return list(NODES)

@@ -13,6 +13,7 @@ from .load_lora import lora_source_input
 from .lora_apply import load_lora_file, prepare_lora
 from .patch_check import split_patch_key
 from .sources import file_fingerprint
+from .ui_results import ui_output
 
 
 def block_norms(model, clip, prepared) -> dict[str, tuple[int, float]]:
@@ -77,5 +78,7 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
             lines.append(prepared.report.text())
         image = heat_strip(list(norms), [v for _, v in norms.values()], f"{name}: weight change per block",
                            counts=[n for n, _ in norms.values()])
-        return io.NodeOutput("\n".join(lines), torch.from_numpy(image)[None],
-                             ui={"workbench_models": models} if models else None)
+        plot = torch.from_numpy(image)[None]
+        summary = {"name": name, "summary": f"{prepared.report.applied} modules in {len(norms)} blocks",
+                   "warning": prepared.report.summary()["warning"]}
+        return io.NodeOutput("\n".join(lines), plot, ui=ui_output([summary], models, plot))

@@ -16,6 +16,7 @@ from ..lora_ops.extract import ExtractError, Options, TensorSource, extract, ext
 from ..lora_ops.svd import RANK_POLICIES
 from .compat import inp, io, out, schema
 from .sources import file_fingerprint, resolve_first
+from .ui_results import ui_output
 
 _DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 
@@ -104,7 +105,8 @@ def make_options(rank, rank_policy, policy_value, algorithm, niter, text_encoder
 def _outputs(result, name: str, opts: Options) -> io.NodeOutput:
     image = torch.from_numpy(result.plot())[None]
     report = f"{result.plan.summary(opts.max_rank, opts.oversample, opts.niter)}\n{result.report()}"
-    return io.NodeOutput(name, report, image)
+    summary = {"name": name, "summary": result.report().splitlines()[0], "warning": None}
+    return io.NodeOutput(name, report, image, ui=ui_output([summary], image=image))
 
 
 class WorkbenchExtractLora(io.ComfyNode):

@@ -84,6 +84,14 @@ def fetch_source(folder: str, source: str, filename: str | None = None,
     if folder in NOT_MODEL_FOLDERS or folder not in folder_paths.folder_names_and_paths:
         raise ValueError(f"directory {folder!r} is not a ComfyUI model folder; choose one of: "
                          f"{', '.join(model_folders())}.")
+    from .sources import _REMOTE, resolve_local
+
+    if not _REMOTE.match(source.strip()):
+        # A plain name: found the way ComfyUI's loaders find it, with "Did you mean" when it is not.
+        path = resolve_local(folder, source)
+        roots = folder_paths.get_folder_paths(folder)
+        root = next((r for r in roots if os.path.abspath(path).startswith(os.path.abspath(r) + os.sep)), roots[0])
+        return FetchResult(path, source.strip().replace("\\", "/"), root, None, "local", source.strip())
     result = _fetcher().fetch(source, folder_paths.get_folder_paths(folder), folder, filename or None,
                               expected_sha256 or None)
     if result.how == "download":

@@ -6,6 +6,7 @@ from .compat import inp, io, out, schema
 from .fetching import record_models, resolve_with_models
 from .lora_apply import apply_lora, load_lora_file
 from .sources import file_fingerprint
+from .ui_results import ui_output
 
 
 def lora_source_input() -> io.Input:
@@ -64,4 +65,4 @@ class WorkbenchLoadLora(io.ComfyNode):
         new_model, new_clip, report = apply_lora(model, clip, lora, name, strength_model, strength_clip, blocks)
         record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, models)
         text = report.text() if fetched is None else f"{fetched}\n{report.text()}"
-        return io.NodeOutput(new_model, new_clip, text, ui={"workbench_models": models} if models else None)
+        return io.NodeOutput(new_model, new_clip, text, ui=ui_output([report.summary()], models))

@@ -32,6 +32,27 @@ class ApplyReport:
     def applied(self) -> int:
         return self.model_modules + self.clip_modules
 
+    def summary(self) -> dict:
+        """The short form shown on the node: ``{"name", "summary", "warning"}``; ``warning`` is
+        None when everything in the file was applied (modules at strength 0 count as applied:
+        the user asked for that), else what was not and why, in a few words."""
+        parts = [f"{self.model_modules} model + {self.clip_modules} text-encoder modules"]
+        if self.zero_modules:
+            parts.append(f"{self.zero_modules} at strength 0")
+        problems = []
+        if self.applied == 0:
+            problems.append("nothing applied")
+        if self.misfits:
+            problems.append(f"{_count(len(self.misfits), 'module')} do not fit this model")
+        if self.text_encoder_keys_without_clip:
+            problems.append(f"{_count(self.text_encoder_keys_without_clip, 'text-encoder key')}: connect clip")
+        other_unused = len(self.unused_keys) - self.text_encoder_keys_without_clip
+        if other_unused > 0:
+            problems.append(f"{_count(other_unused, 'file key')} match no module")
+        if self.unmatched_patches:
+            problems.append(f"{_count(len(self.unmatched_patches), 'module')} missing in this model")
+        return {"name": self.name, "summary": ", ".join(parts), "warning": "; ".join(problems) or None}
+
     def text(self) -> str:
         lines = [f"LoRA {self.name}: {self.file_keys} file keys -> "
                  f"{self.model_modules} model modules (strength_model {self.strength_model:g}), "

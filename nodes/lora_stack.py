@@ -9,6 +9,7 @@ from .compat import inp, io, out, schema
 from .fetching import record_models, resolve_with_models
 from .lora_apply import LoraApplyError, add_prepared, load_lora_file, prepare_lora
 from .sources import file_fingerprint, resolve_local
+from .ui_results import ui_output
 
 # What resolving a row's source may raise (UnsafeError and SourceError are ValueErrors).
 SOURCE_ERRORS = (ValueError, FetchError, SafetensorsError)
@@ -68,7 +69,7 @@ class WorkbenchLoraStack(io.ComfyNode):
                 except SOURCE_ERRORS as e:
                     raise StackError(f"row {i}: {e}") from None
         record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, models)
-        return io.NodeOutput(rows, to_lora_stack(rows), ui={"workbench_models": models} if models else None)
+        return io.NodeOutput(rows, to_lora_stack(rows), ui=ui_output(models=models))
 
 
 class WorkbenchApplyLoraStack(io.ComfyNode):
@@ -114,4 +115,5 @@ class WorkbenchApplyLoraStack(io.ComfyNode):
         new_model, new_clip = add_prepared(model, clip, prepared)
         if not prepared:
             lines.append("no row is on: the model is unchanged")
-        return io.NodeOutput(new_model, new_clip, "\n".join(lines))
+        return io.NodeOutput(new_model, new_clip, "\n".join(lines),
+                             ui=ui_output([p.report.summary() for p in prepared]))

@@ -12,7 +12,9 @@ Faults (``Hub.faults``, per object id or "*"): ``drop_after`` bytes (close the c
 or every time with ``drop_always``), ``stall_after`` bytes for ``stall_s`` seconds, ``corrupt``
 (flip bytes), ``ignore_range``, ``expire_after`` bytes (the signed URL then answers 403 until a
 new one is issued by the API), ``status`` (answer that status, e.g. 429/503, ``status_times``
-times, with ``retry_after``), ``throttle_s`` (sleep after each MiB sent).
+times, with ``retry_after``), ``throttle_s`` (sleep after each MiB sent), ``always_416``,
+``range_offset`` (answer a Range request from a later byte than asked), ``gzip`` (claim a
+Content-Encoding), ``no_etag``.
 """
 
 from __future__ import annotations
@@ -253,10 +255,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, b"unknown path")
 
     def _by_hash(self, value: str) -> None:
+        # By the hashes the version lists, as Civitai's database does (they may be wrong).
         for v in self.hub.versions.values():
             for f in v.files:
-                b = self.hub.blobs[f["blob"]]
-                if value.upper() in {h.upper() for h in Hub._civitai_hashes(b).values()}:
+                if value.upper() in {str(h).upper() for h in f["hashes"].values()}:
                     return self._json(200, self.hub.version_json(v))
         self._json(404, {"error": "Model not found"})
 
@@ -323,13 +325,15 @@ class _Handler(BaseHTTPRequestHandler):
             hdrs = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
             return self._send(fault["status"], b"try later", hdrs)
         size = blob.size
+        if fault.get("always_416"):
+            return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
         etag = f'"{blob.sha256()[:32]}"' if not fault.get("no_etag") else None
         start, status = 0, 200
         rng = self.headers.get("Range")
         if rng and not fault.get("ignore_range"):
             if_range = self.headers.get("If-Range")
             if if_range is None or if_range == etag:
-                start = int(rng.split("=")[1].split("-")[0])
+                start = int(rng.split("=")[1].split("-")[0]) + fault.get("range_offset", 0)
                 if start >= size:
                     return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
                 status = 206
@@ -338,6 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers["ETag"] = etag
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        if fault.get("gzip"):
+            headers["Content-Encoding"] = "gzip"
         if cd:
             headers["Content-Disposition"] = urllib.parse.unquote(cd) if raw_cd else \
                 f"attachment; filename*=UTF-8''{urllib.parse.quote(cd)}"

@@ -53,15 +53,23 @@ def test_every_source_form_parses(text, ref):
     ("civitai:abc", "civitai:<model id>"), ("hf://org/file.safetensors", "hf://<org>/<repo>"),
     ("ftp://host/x.safetensors", "only https"), ("/etc/passwd", "absolute path"),
     ("urn:air:sdxl:lora:huggingface:x", "only Civitai AIRs"),
+    ("https://civitai.com/models/²", "expected https://civitai.com/models"),
+    ("civitai:" + "9" * 5000, "at most 12 digits"),
+    ("https://models.example.org:99999/x", "not a valid URL"),
+    ("hf://org/repo/../../../api/whoami-v2", "'..' are not allowed"),
+    ("hf://org/repo@../../x/y", "'..' are not allowed"),
+    ("https://huggingface.co/org/repo/resolve/main/%2e%2e/%2e%2e/api/whoami-v2", "'..' are not allowed"),
+    ("sha256:" + "０" * 64, "0-9 and A-F"),
 ])
 def test_bad_sources_say_what_is_expected(text, fragment):
     with pytest.raises(SourceError, match=fragment):
         parse_source(text)
 
 
-def test_pasted_token_is_removed_and_reported():
-    p = parse_source("https://civitai.com/api/download/models/5?token=SECRET&type=Model")
-    assert "SECRET" not in p.text and "type=Model" in p.text and p.warnings
+def test_pasted_token_is_refused_without_repeating_it():
+    with pytest.raises(SourceError, match="carries credentials") as e:
+        parse_source("https://civitai.com/api/download/models/5?token=SECRET&type=Model")
+    assert "SECRET" not in str(e.value)
     assert scrub_url("https://user:pw@host/x?X-Amz-Signature=abc&fp=fp16") == ("https://host/x?fp=fp16", True)
 
 
@@ -74,7 +82,8 @@ def test_scrub_never_keeps_a_token_value(secret):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "192.168.0.5", "172.16.0.1", "169.254.169.254",
                                   "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fc00::1", "::ffff:10.0.0.1",
-                                  "224.0.0.1"])
+                                  "224.0.0.1", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "2002:a9fe:a9fe::1",
+                                  "::a9fe:a9fe", "::127.0.0.1", "fec0::1"])
 def test_internal_addresses_are_refused(host):
     with pytest.raises(UnsafeError, match="refused"):
         vet_address(host, 443)
@@ -95,7 +104,7 @@ def test_remote_names_become_one_safe_component(name, expected):
 
 
 @pytest.mark.parametrize("name", ["..", ".hidden", "con.safetensors", "a:b.safetensors", "x.safetensors.",
-                                  "bad\x01.safetensors", "x" * 300, ""])
+                                  "bad\x01.safetensors", "x" * 300, "", "\u202egnp.safetensors"])
 def test_unsafe_names_are_refused(name):
     with pytest.raises(UnsafeError):
         safe_filename(name)
@@ -123,9 +132,10 @@ def test_tokens_are_bound_to_their_host_families(tmp_path):
     assert token_for("https://civitai.com/api/download/models/1", s) == "civ"
     assert token_for("https://civitai.red/api/v1/models/1", s) == "civ"
     assert token_for("https://huggingface.co/org/repo/resolve/main/x", s) == "hf"
-    assert token_for("https://cdn-lfs.hf.co/x", s) == "hf"
+    # Exact API hosts only: their storage and CDN subdomains never get a token.
     for other in ("https://evilcivitai.com/x", "https://civitai.com.evil.org/x", "https://r2.cloudflarestorage.com/x",
-                  "https://models.example.org/x"):
+                  "https://models.example.org/x", "https://cdn-lfs.hf.co/x", "https://cas-bridge.xethub.hf.co/x",
+                  "https://cdn-lfs.huggingface.co/x", "https://evil.civitai.com/x"):
         assert token_for(other, s) is None
 
 
@@ -144,3 +154,30 @@ def test_settings_file_and_environment(tmp_path):
     (tmp_path / "settings.json").write_text("{not json")
     with pytest.raises(SettingsError, match="fix or delete"):
         load_settings(tmp_path, {})
+
+
+@pytest.mark.parametrize("value", ["two words", "zero\u200bwidth", "line\nbreak"])
+def test_bad_tokens_are_refused_without_echoing_them(tmp_path, value):
+    (tmp_path / "settings.json").write_text(json.dumps({"civitai_token": value}))
+    with pytest.raises(SettingsError, match="copy it again") as e:
+        load_settings(tmp_path, {})
+    assert value.strip() not in str(e.value)
+
+
+def test_settings_edge_cases(tmp_path):
+    (tmp_path / "settings.json").write_text(json.dumps({"civitai_token": " civ_SECRET_123\n"}))
+    assert load_settings(tmp_path, {}).civitai_token == "civ_SECRET_123"  # pasted with a line break
+    (tmp_path / "settings.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"allow_loopback": True}).encode())
+    assert load_settings(tmp_path, {}).allow_loopback is True  # a UTF-8 BOM (Windows Notepad) is fine
+    (tmp_path / "settings.json").write_text(json.dumps({"stall_timeout_s": 0}))
+    with pytest.raises(SettingsError, match="more than 0 seconds"):
+        load_settings(tmp_path, {})
+
+
+def test_retry_after_garbage_falls_back_to_backoff():
+    from lora_ops.fetch_settings import FetchSettings
+    from lora_ops.http_client import Client
+
+    c = Client(FetchSettings(backoff_s=1.0))
+    assert 0.5 <= c.backoff_s(0, "garbage") <= 1.5
+    assert c.backoff_s(0, "1e9") == 120.0 and c.backoff_s(0, "nan") <= 1.5

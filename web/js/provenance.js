@@ -4,8 +4,8 @@
 // own missing-models format ({name, url, hash, hash_type, directory}, no token ever). Copying them
 // into the node's `properties.models` means a saved or shared workflow tells anyone who opens it,
 // with or without this pack, which file is missing and where to get it.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const KEYS = ["name", "url", "hash", "hash_type", "directory"];
 

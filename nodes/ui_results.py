@@ -1,0 +1,28 @@
+"""What the pack's nodes show on themselves after running (their UI output).
+
+* ``workbench_report``: a list of ``{"name", "summary", "warning"}`` dicts, one per LoRA (or
+  one for an extraction), drawn by ``web/js/results.js`` with a warning badge when ``warning``
+  is set;
+* ``workbench_models``: ``properties.models`` entries of fetched files (``web/js/provenance.js``);
+* ``images``: a plot saved as a temporary preview, which the frontend shows on the node itself.
+"""
+
+from __future__ import annotations
+
+from .compat import ui
+
+REPORT_KEY = "workbench_report"
+MODELS_KEY = "workbench_models"
+
+
+def ui_output(reports: list[dict] | None = None, models: list[dict] | None = None, image=None) -> dict | None:
+    """The ``ui=`` dict for ``io.NodeOutput`` (None when there is nothing to show).
+    ``image``: an IMAGE tensor [B, H, W, 3] float32 in 0..1 to preview on the node."""
+    out: dict = {}
+    if reports:
+        out[REPORT_KEY] = reports
+    if models:
+        out[MODELS_KEY] = models
+    if image is not None:
+        out.update(ui.PreviewImage(image).as_dict())
+    return out or None

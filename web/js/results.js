@@ -1,0 +1,44 @@
+// Results on the node after it runs: each LoRA's (or the extraction's) one-line summary, with a
+// warning badge when something in the file was not applied, from the node's `workbench_report`
+// UI output. Plots come as ordinary preview images, which the frontend shows by itself.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+import { el, injectStyle, widgetByName } from "./style.js";
+
+function nodeFor(id) {
+  const graph = app.canvas?.graph ?? app.graph;
+  return graph?.getNodeById?.(id) ?? app.graph?.getNodeById?.(String(id).split(":").pop()) ?? null;
+}
+
+function entryElement(entry) {
+  const warn = typeof entry?.warning === "string" && entry.warning;
+  return el("div", { className: `wb-result${warn ? " wb-warn" : ""}` },
+    warn ? el("span", { className: "wb-badge", textContent: "⚠ not all applied", title: entry.warning }) : null,
+    el("b", { textContent: String(entry?.name ?? "") }), el("br"),
+    el("span", { textContent: String(entry?.summary ?? "") }),
+    warn ? el("div", { className: "wb-warning-text", textContent: entry.warning }) : null);
+}
+
+export function showResults(node, entries) {
+  injectStyle();
+  let widget = widgetByName(node, "workbench_results");
+  if (!widget) {
+    const panel = el("div", { className: "wb-panel wb-results" });
+    widget = node.addDOMWidget("workbench_results", "workbench-results", panel, {
+      serialize: false, getMinHeight: () => 24 + 44 * (widget?.entries?.length ?? 1) });
+    widget.serialize = false;
+  }
+  widget.entries = entries;
+  widget.element.replaceChildren(...entries.map(entryElement));
+  node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+  node.graph?.setDirtyCanvas?.(true, true);
+}
+
+api.addEventListener("executed", ({ detail }) => {
+  const entries = detail?.output?.workbench_report;
+  if (!Array.isArray(entries) || !entries.length) return;
+  const node = nodeFor(detail.node);
+  if (node) showResults(node, entries);
+});
+
+app.registerExtension({ name: "LoraWorkbench.Results" });
