@@ -110,11 +110,13 @@ function attachStackEditor(node) {
     remove.addEventListener("click", () => write(rows.filter((_r, j) => j !== i)));
     for (const input of [lora, sm, sc, blocks]) input.addEventListener("keydown", (e) => e.stopPropagation());
     return el("div", { className: `wb-row${row.on === false ? " wb-off" : ""}`, dataset: { index: String(i) } },
-      on, lora, sm, sc, blocks, el("div", { className: "wb-buttons" }, edit, up, down, remove));
+      on, lora, el("div", { className: "wb-buttons" }, up, down, remove),
+      el("div", { className: "wb-params" }, el("span", { textContent: "model" }), sm, el("span", { textContent: "clip" }),
+        sc, el("span", { textContent: "blocks" }), blocks, edit));
   }
 
   function toggleRaw(show) {
-    loras.hidden = !show;
+    setHidden(!show);
     render();
     node.setSize?.([node.size[0], node.computeSize()[1]]);
     node.graph?.setDirtyCanvas?.(true, true);
@@ -127,10 +129,15 @@ function attachStackEditor(node) {
     if (value !== written) render();
     return result;
   };
-  loras.hidden = true;
+  // The classic canvas reads `hidden`, the Nodes 2.0 renderer `options.hidden`.
+  function setHidden(hidden) {
+    loras.hidden = hidden;
+    loras.options = { ...(loras.options ?? {}), hidden };
+  }
+  setHidden(true);
   const widget = node.addDOMWidget("workbench_stack_editor", "workbench-stack", panel, {
     serialize: false, hideOnZoom: false,
-    getMinHeight: () => 60 + 34 * Math.max(1, (parseRows(loras.value) ?? []).length),
+    getMinHeight: () => 40 + 58 * Math.max(1, (parseRows(loras.value) ?? []).length),
   });
   widget.serialize = false; // not in widgets_values either: the JSON widget holds the data
   node.workbenchRender = render;

@@ -3,9 +3,16 @@
 const CSS = `
 .wb-panel { font: 12px sans-serif; color: var(--input-text, #ddd); display: flex; flex-direction: column;
   gap: 4px; padding: 2px 0; box-sizing: border-box; width: 100%; overflow: auto; }
-.wb-row { display: grid; grid-template-columns: 18px minmax(90px, 1fr) 54px 54px minmax(60px, 0.8fr) auto;
-  gap: 3px; align-items: center; background: var(--comfy-input-bg, #222); border: 1px solid
-  var(--border-color, #444); border-radius: 4px; padding: 3px; }
+.wb-row { display: grid; grid-template-columns: 18px 1fr auto; grid-template-areas: "on lora buttons"
+  ". params params"; gap: 3px 4px; align-items: center; background: var(--comfy-input-bg, #222);
+  border: 1px solid var(--border-color, #444); border-radius: 4px; padding: 3px 4px; }
+.wb-row > .wb-on { grid-area: on; margin: 0; appearance: auto; width: 14px; height: 14px;
+  accent-color: var(--p-primary-color, #4a90e2); }
+.wb-row > .wb-lora { grid-area: lora; }
+.wb-row > .wb-buttons { grid-area: buttons; }
+.wb-params { grid-area: params; display: grid; grid-template-columns: auto 56px auto 56px auto 1fr auto;
+  gap: 3px; align-items: center; }
+.wb-params > span { opacity: 0.75; font-size: 11px; }
 .wb-row.wb-off { opacity: 0.5; }
 .wb-panel input[type=text], .wb-panel input[type=number], .wb-dialog input[type=text], .wb-dialog select,
 .wb-dialog input[type=number] { background: var(--comfy-input-bg, #222); color: var(--input-text, #ddd);

@@ -1,0 +1,155 @@
+"""The stack editor, the block editor and the results on the node, in the real frontend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+from helpers.paths import REAL_LORAS, REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="needs ../shared fixtures")]
+
+EXAMPLE = REPO / "example_workflows" / "lora_stack_with_block_weights.json"
+STACK, APPLY = 2, 3
+ANALOG = "real/cloneofsimo/analog_svd_rank4.safetensors"
+
+
+def loras_value(page) -> str:
+    return page.js(f"() => app.graph.getNodeById({STACK}).widgets.find(w => w.name === 'loras').value")
+
+
+def row(page, i: int):
+    return page.page.locator(f".wb-stack .wb-row[data-index='{i}']")
+
+
+def set_field(locator, value: str) -> None:
+    locator.fill(value)
+    locator.press("Tab")  # "change" fires when the field loses focus, as for a person
+
+
+def spec_ratios(server, text: str) -> dict:
+    r = requests.post(f"{server.url}/lora_workbench/spec", json={"text": text, "family": "sd1"}, timeout=30)
+    assert r.ok, r.text
+    return r.json()["ratios"]
+
+
+def test_edit_rows_and_blocks_then_run(page, server):
+    page.load(json.loads(EXAMPLE.read_text()))
+    page.focus(STACK, 1.0)
+    rows = page.page.locator(".wb-stack .wb-row")
+    assert rows.count() == 2
+    original = json.loads(loras_value(page))
+
+    # Add a row, choose a LoRA, move it up to second place; change a strength; turn nothing off.
+    page.page.locator(".wb-stack .wb-add").click()
+    assert rows.count() == 3
+    set_field(row(page, 2).locator(".wb-lora"), ANALOG)
+    set_field(row(page, 2).locator(".wb-strength-model"), "0.7")
+    row(page, 2).locator(".wb-up").click()
+    set_field(row(page, 0).locator(".wb-strength-model"), "0.5")
+
+    # The block editor of the first row: one slider value changed, applied as canonical text.
+    row(page, 0).locator(".wb-edit-blocks").click()
+    dialog = page.page.locator(".wb-dialog")
+    dialog.wait_for()
+    page.page.wait_for_function("document.querySelector('.wb-spec-canonical')?.textContent.startsWith('applies')")
+    m00 = dialog.locator("input[type=number][data-block='M00']")
+    set_field(m00, "0.3")
+    page.page.wait_for_function("document.querySelector('.wb-spec-text').value.includes('M00=0.3')")
+    page.shot("block_editor", clip={"x": 0, "y": 0, "width": 1400, "height": 900})
+    dialog.locator(".wb-apply").click()
+    dialog.wait_for(state="detached")
+
+    rows_now = json.loads(loras_value(page))
+    assert [r["lora"] for r in rows_now] == [original[0]["lora"], ANALOG, original[1]["lora"]]
+    assert rows_now[0]["strength_model"] == 0.5 and rows_now[1]["strength_model"] == 0.7
+    ratios = spec_ratios(server, rows_now[0]["blocks"])
+    assert ratios["M00"] == 0.3 and ratios["OUT05"] == 1 and ratios["IN04"] == 0  # the rest kept as it was
+    assert rows_now[2] == original[1]  # untouched rows stay exactly as they were
+
+    # The saved workflow and the API prompt carry exactly the edited JSON.
+    saved = page.js("async () => { const p = await app.graphToPrompt(); return p; }")
+    assert saved["output"][str(STACK)]["inputs"]["loras"] == loras_value(page)
+    node = next(n for n in saved["workflow"]["nodes"] if n["id"] == STACK)
+    assert node["widgets_values"] == [loras_value(page)]
+    page.focus(STACK, 1.0)
+    page.shot("stack_editor", clip=page.focus(STACK, 1.0))
+
+    entry = page.queue_and_wait(server.url)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["prompt"][2][str(STACK)]["inputs"]["loras"] == loras_value(page)
+    results = page.page.locator(".wb-results .wb-result")
+    results.first.wait_for()
+    assert results.count() >= 3  # the apply node's three LoRAs (and the block info's one)
+    page.shot("results_after_run", clip=page.focus(APPLY, 1.0))
+
+    # Reload the page and open the saved workflow again: the editor shows the same rows.
+    workflow = saved["workflow"]
+    page.open()
+    page.load(workflow)
+    assert json.loads(loras_value(page)) == rows_now
+    assert page.page.locator(".wb-stack .wb-row").count() == 3
+    assert row(page, 1).locator(".wb-lora").input_value() == ANALOG
+    assert row(page, 0).locator(".wb-blocks").input_value() == rows_now[0]["blocks"]
+
+
+def test_hand_edited_json_loads_unchanged(page):
+    workflow = json.loads(EXAMPLE.read_text())
+    stack = next(n for n in workflow["nodes"] if n["id"] == STACK)
+    hand = '[ {"lora": "%s", "blocks": "MIDD", "note": "kept"} ]' % ANALOG
+    stack["widgets_values"] = [hand]
+    page.load(workflow)
+    assert loras_value(page) == hand  # not reformatted on load
+    assert row(page, 0).locator(".wb-strength-model").input_value() == "1"  # defaults shown
+    set_field(row(page, 0).locator(".wb-strength-clip"), "0.25")
+    assert json.loads(loras_value(page)) == [{"lora": ANALOG, "blocks": "MIDD", "note": "kept",
+                                              "strength_clip": 0.25}]
+
+
+def test_a_lora_that_does_not_apply_fully_shows_a_warning(page, server):
+    workflow = {
+        "last_node_id": 3, "last_link_id": 2, "version": 0.4, "links": [[1, 1, 0, 2, 0, "MODEL"],
+                                                                          [2, 2, 2, 3, 0, "STRING"]],
+        "nodes": [
+            {"id": 1, "type": "CheckpointLoaderSimple", "pos": [40, 100], "size": [320, 100],
+             "outputs": [{"name": "MODEL", "type": "MODEL", "links": [1]}, {"name": "CLIP", "type": "CLIP"},
+                         {"name": "VAE", "type": "VAE"}], "widgets_values": ["workbench-sd15.safetensors"]},
+            {"id": 2, "type": "WorkbenchLoadLora", "pos": [420, 100], "size": [420, 200],
+             "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
+             "outputs": [{"name": "MODEL", "type": "MODEL"}, {"name": "CLIP", "type": "CLIP"},
+                         {"name": "report", "type": "STRING", "links": [2]}],
+             "widgets_values": ["real/lycoris_lokr/smart_falcon_4_lokr.safetensors", 1.0, 1.0, ""]},
+            {"id": 3, "type": "PreviewAny", "pos": [900, 100], "size": [400, 200],
+             "inputs": [{"name": "source", "type": "*", "link": 2}]},
+        ]}
+    page.load(workflow)
+    entry = page.queue_and_wait(server.url)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    badge = page.page.locator(".wb-results .wb-badge")
+    badge.wait_for()
+    assert "connect clip" in page.page.locator(".wb-results .wb-warning-text").first.inner_text()
+    page.shot("load_lora_warning", clip=page.focus(2, 1.0))
+
+
+@pytest.fixture
+def vue_nodes(server):
+    """The "Nodes 2.0" renderer (Vue) for one test, then back to the classic canvas."""
+    requests.post(f"{server.url}/settings/Comfy.VueNodes.Enabled", json=True, timeout=30)
+    yield
+    requests.post(f"{server.url}/settings/Comfy.VueNodes.Enabled", json=False, timeout=30)
+
+
+def test_stack_editor_works_in_nodes_2(vue_nodes, page):
+    page.page.reload()
+    page.open()
+    assert page.js("() => app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled')") is True
+    page.load(json.loads(EXAMPLE.read_text()))
+    page.page.locator(".wb-stack .wb-row").first.wait_for()
+    assert page.page.locator(".wb-stack .wb-row").count() == 2
+    page.page.locator(".wb-stack .wb-add").click()
+    set_field(row(page, 2).locator(".wb-lora"), ANALOG)
+    assert json.loads(loras_value(page))[2]["lora"] == ANALOG
+    saved = page.js("async () => (await app.graphToPrompt()).output")
+    assert saved[str(STACK)]["inputs"]["loras"] == loras_value(page)
+    page.shot("stack_editor_nodes2", clip={"x": 0, "y": 0, "width": 1400, "height": 900})
