@@ -9,6 +9,7 @@ import shutil
 import time
 
 import pytest
+
 from helpers.paths import REPO
 
 SHOTS = REPO / "artifacts" / "screenshots"

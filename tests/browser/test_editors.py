@@ -6,6 +6,7 @@ import json
 
 import pytest
 import requests
+
 from helpers.paths import REAL_LORAS, REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="needs ../shared fixtures")]
@@ -97,7 +98,7 @@ def test_edit_rows_and_blocks_then_run(page, server):
 def test_hand_edited_json_loads_unchanged(page):
     workflow = json.loads(EXAMPLE.read_text())
     stack = next(n for n in workflow["nodes"] if n["id"] == STACK)
-    hand = '[ {"lora": "%s", "blocks": "MIDD", "note": "kept"} ]' % ANALOG
+    hand = f'[ {{"lora": "{ANALOG}", "blocks": "MIDD", "note": "kept"}} ]'
     stack["widgets_values"] = [hand]
     page.load(workflow)
     assert loras_value(page) == hand  # not reformatted on load
@@ -153,3 +154,47 @@ def test_stack_editor_works_in_nodes_2(vue_nodes, page):
     saved = page.js("async () => (await app.graphToPrompt()).output")
     assert saved[str(STACK)]["inputs"]["loras"] == loras_value(page)
     page.shot("stack_editor_nodes2", clip={"x": 0, "y": 0, "width": 1400, "height": 900})
+
+
+def test_source_picker_and_extraction_result(page, server):
+    attnproc = "real/diffusers_attnproc/catundchat__stable-diffusion-v1.5-lora/pytorch_lora_weights.safetensors"
+    workflow = {
+        "last_node_id": 5, "last_link_id": 4, "version": 0.4,
+        "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 1, 0, 3, 0, "MODEL"], [3, 2, 0, 3, 1, "MODEL"],
+                  [4, 3, 1, 4, 0, "STRING"]],
+        "nodes": [
+            {"id": 1, "type": "CheckpointLoaderSimple", "pos": [40, 100], "size": [320, 100],
+             "outputs": [{"name": "MODEL", "type": "MODEL", "links": [1, 2]}, {"name": "CLIP", "type": "CLIP"},
+                         {"name": "VAE", "type": "VAE"}], "widgets_values": ["workbench-sd15.safetensors"]},
+            {"id": 2, "type": "LoraLoaderModelOnly", "pos": [40, 260], "size": [320, 90],
+             "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
+             "outputs": [{"name": "MODEL", "type": "MODEL", "links": [3]}], "widgets_values": [attnproc, 1.0]},
+            {"id": 3, "type": "WorkbenchExtractLoraFromModels", "pos": [420, 100], "size": [460, 520],
+             "inputs": [{"name": "model_base", "type": "MODEL", "link": 2},
+                        {"name": "model_tuned", "type": "MODEL", "link": 3}],
+             "outputs": [{"name": "lora_name", "type": "STRING"}, {"name": "report", "type": "STRING", "links": [4]},
+                         {"name": "plot", "type": "IMAGE"}],
+             "widgets_values": [4, "browser/extracted"]},
+            {"id": 4, "type": "PreviewAny", "pos": [920, 100], "size": [400, 300],
+             "inputs": [{"name": "source", "type": "*", "link": 4}]},
+            {"id": 5, "type": "WorkbenchLoadLora", "pos": [40, 420], "size": [360, 240],
+             "widgets_values": ["", 1.0, 1.0, ""]},
+        ]}
+    page.load(workflow)
+    # The picker on Load LoRA's source offers the loras folder and writes the widget.
+    picker = page.page.locator(".wb-source").first
+    options = page.js("() => [...document.querySelectorAll('#wb-files-loras option')].map(o => o.value)")
+    assert attnproc in options
+    set_field(picker, attnproc)
+    assert page.js("() => app.graph.getNodeById(5).widgets.find(w => w.name === 'source').value") == attnproc
+    page.js("() => app.graph.remove(app.graph.getNodeById(5))")  # not part of the run
+
+    entry = page.queue_and_wait(server.url)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    result = page.page.locator(".wb-results .wb-result").first
+    result.wait_for()
+    assert "layers extracted" in result.inner_text()
+    page.page.wait_for_function("app.graph.getNodeById(3).imgs?.length > 0 && app.graph.getNodeById(3).imgs[0].complete")
+    page.shot("extraction_result", clip=page.focus(3, 1.0))
+    for made in (server.base / "models" / "loras" / "browser").glob("extracted_*"):
+        made.unlink()

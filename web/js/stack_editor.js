@@ -145,12 +145,36 @@ function attachStackEditor(node) {
   node.setSize?.([Math.max(node.size[0], 520), node.computeSize()[1]]);
 }
 
-// A filterable file picker on a plain `source` text widget (free text still allowed).
-async function attachSourcePicker(node, folder) {
+// The file picker on a `source` text widget: a text field with the folder's files as filterable
+// suggestions (a native <datalist>), which also takes free text (URL, AIR, hash). The original
+// widget stays the one that is saved and sent; the picker only edits its value.
+function attachSourcePicker(node, folder) {
   const source = widgetByName(node, "source");
-  const input = source?.inputEl ?? source?.element;
-  if (!folder || !input || input.tagName !== "INPUT") return;
-  input.setAttribute("list", await datalistFor(folder));
+  if (!source || widgetByName(node, "workbench_source_picker")) return;
+  injectStyle();
+  const input = el("input", { type: "text", className: "wb-source", value: source.value ?? "",
+    placeholder: folder ? `file in ${folder}, URL, AIR or sha256:…` : "URL, AIR, hf://… or sha256:…",
+    title: "source: a file name in the folder, or a URL, AIR, hf:// reference or content hash" });
+  if (folder) datalistFor(folder).then((id) => input.setAttribute("list", id));
+  input.addEventListener("keydown", (e) => e.stopPropagation());
+  input.addEventListener("change", () => {
+    source.value = input.value.trim();
+    source.callback?.(source.value);
+    node.graph?.change?.();
+  });
+  const sync = () => {
+    const linked = node.inputs?.some((i) => i.name === "source" && i.link != null);
+    input.disabled = !!linked;
+    if (document.activeElement !== input) input.value = linked ? "(connected)" : source.value ?? "";
+  };
+  const panel = el("div", { className: "wb-panel" }, input);
+  const widget = node.addDOMWidget("workbench_source_picker", "workbench-source", panel,
+    { serialize: false, getMinHeight: () => 28 });
+  widget.serialize = false;
+  source.hidden = true;
+  source.options = { ...(source.options ?? {}), hidden: true };
+  node.workbenchSyncSource = sync;
+  sync();
 }
 
 // A native button next to the `blocks` widget of Load LoRA opens the block editor on it.
@@ -174,7 +198,8 @@ app.registerExtension({
     if (type in SOURCE_NODES) attachSourcePicker(node, SOURCE_NODES[type]);
   },
   loadedGraphNode(node) {
-    // Widget values are restored after nodeCreated: show the loaded rows.
+    // Widget values are restored after nodeCreated: show the loaded rows and sources.
     node.workbenchRender?.();
+    node.workbenchSyncSource?.();
   },
 });
