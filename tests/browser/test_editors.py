@@ -194,7 +194,7 @@ def test_source_picker_and_extraction_result(page, server):
     result = page.page.locator(".wb-results .wb-result").first
     result.wait_for()
     assert "layers extracted" in result.inner_text()
-    page.page.wait_for_function("app.graph.getNodeById(3).imgs?.length > 0 && app.graph.getNodeById(3).imgs[0].complete")
+    page.page.wait_for_function("(n => n.imgs?.length > 0 && n.imgs[0].complete)(app.graph.getNodeById(3))")
     page.shot("extraction_result", clip=page.focus(3, 1.0))
     for made in (server.base / "models" / "loras" / "browser").glob("extracted_*"):
         made.unlink()
