@@ -8,7 +8,7 @@ import torch
 from ..lora_ops.blocks import block_of, sort_key
 from ..lora_ops.plot import heat_strip
 from .compat import inp, io, out, schema
-from .fetching import record_models, resolve_with_models
+from .fetching import record_for, resolve_with_models
 from .load_lora import lora_source_input
 from .lora_apply import load_lora_file, prepare_lora
 from .patch_check import split_patch_key
@@ -68,7 +68,7 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
         path, models, _fetched = resolve_with_models("loras", name)
         lora = load_lora_file(path)
         prepared = prepare_lora(model, clip, lora, name, 1.0, 1.0, "")
-        record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, models)
+        record_for(cls, models)
         norms = block_norms(model, clip, prepared)
         total = sum(v for _, v in norms.values()) or 1.0
         lines = [f"LoRA {name}: {prepared.report.applied} modules in {len(norms)} blocks (strength 1)",

@@ -8,7 +8,7 @@ import folder_paths
 
 from ..lora_ops.source_ref import parse_source
 from .compat import inp, io, out, schema
-from .fetching import fetch_source, known_sha256, model_folders, record_models
+from .fetching import fetch_source, known_sha256, model_folders, record_for
 from .sources import _REMOTE, file_fingerprint, resolve_local
 
 SOURCE_TOOLTIP = ("A file name already in the folder, an https:// URL (Civitai, Hugging Face, or a host allowed in the "
@@ -66,7 +66,7 @@ class WorkbenchFetchModel(io.ComfyNode):
 
             result.sha256 = hash_index().hashes_for(result.path).sha256.lower()
         entry = result.models_entry(directory)
-        record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, [entry] if entry else [])
+        record_for(cls, [entry] if entry else [])
         return io.NodeOutput(result.name, result.sha256, result.report(), ui=_ui([entry] if entry else []))
 
 
@@ -104,7 +104,7 @@ class WorkbenchLoadCheckpoint(io.ComfyNode):
             entries = [entry] if entry else []
         else:
             path = resolve_local("checkpoints", source.strip())
-        record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, entries)
+        record_for(cls, entries)
         model, clip, vae = comfy.sd.load_checkpoint_guess_config(
             path, output_vae=True, output_clip=True,
             embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]

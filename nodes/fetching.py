@@ -108,6 +108,16 @@ def known_sha256(source: str) -> str | None:
         return None
 
 
+def hidden(cls, name: str):
+    """A hidden input of a V3 node (None when the node runs outside an executor, e.g. in tests)."""
+    return getattr(getattr(cls, "hidden", None), name, None)
+
+
+def record_for(cls, entries: list[dict]) -> None:
+    """:func:`record_models` with the node class's hidden ``extra_pnginfo`` and ``unique_id``."""
+    record_models(hidden(cls, "extra_pnginfo"), hidden(cls, "unique_id"), entries)
+
+
 def record_models(extra_pnginfo: dict | None, unique_id: str | None, entries: list[dict]) -> None:
     """Put ``entries`` into this node's ``properties.models`` in the workflow that images of
     this run embed (``extra_pnginfo['workflow']``), so a PNG carries where its models come from.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .compat import inp, io, out, schema
-from .fetching import record_models, resolve_with_models
+from .fetching import record_for, resolve_with_models
 from .lora_apply import apply_lora, load_lora_file
 from .sources import file_fingerprint
 from .ui_results import ui_output
@@ -63,6 +63,6 @@ class WorkbenchLoadLora(io.ComfyNode):
         path, models, fetched = resolve_with_models("loras", name)
         lora = load_lora_file(path)
         new_model, new_clip, report = apply_lora(model, clip, lora, name, strength_model, strength_clip, blocks)
-        record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, models)
+        record_for(cls, models)
         text = report.text() if fetched is None else f"{fetched}\n{report.text()}"
         return io.NodeOutput(new_model, new_clip, text, ui=ui_output([report.summary()], models))

@@ -6,7 +6,7 @@ from ..lora_ops.http_client import FetchError
 from ..lora_ops.safetensors_io import SafetensorsError
 from ..lora_ops.stack import StackError, parse_rows, rows_from_lora_stack, to_lora_stack
 from .compat import inp, io, out, schema
-from .fetching import record_models, resolve_with_models
+from .fetching import record_for, resolve_with_models
 from .lora_apply import LoraApplyError, add_prepared, load_lora_file, prepare_lora
 from .sources import file_fingerprint, resolve_local
 from .ui_results import ui_output
@@ -68,7 +68,7 @@ class WorkbenchLoraStack(io.ComfyNode):
                     models += resolve_with_models("loras", row["lora"])[1]
                 except SOURCE_ERRORS as e:
                     raise StackError(f"row {i}: {e}") from None
-        record_models(cls.hidden.extra_pnginfo, cls.hidden.unique_id, models)
+        record_for(cls, models)
         return io.NodeOutput(rows, to_lora_stack(rows), ui=ui_output(models=models))
 
 

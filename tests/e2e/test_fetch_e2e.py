@@ -163,7 +163,11 @@ def test_progress_in_bytes_and_cancel_keeps_a_resumable_part(mirror):
                         break
         return progress, status, asked_at[0]
 
-    progress, status, asked_at = asyncio.run(asyncio.wait_for(run_and_cancel(), 120))
+    # In a thread of its own: a browser test's Playwright may hold this thread's event loop.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        progress, status, asked_at = pool.submit(asyncio.run, asyncio.wait_for(run_and_cancel(), 120)).result()
     assert status == "execution_interrupted"
     assert progress and all(total == len(data) for _value, total in progress)
     assert [v for v, _t in progress] == sorted(v for v, _t in progress)
