@@ -166,3 +166,35 @@ def server(tmp_path_factory):
         artifacts = REPO / "artifacts"
         artifacts.mkdir(exist_ok=True)
         shutil.copy(srv.log_path, artifacts / "server.log")
+
+
+MIRROR_TOKEN = "planted-e2e-token-9f3b1c77"
+MIRROR_LORA = REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"
+MIRROR_TINY = "workbench-sd15-tiny.safetensors"
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory):
+    """A fake hub on loopback (tests/helpers/fake_hub.py) serving a real LoRA fixture as a Civitai
+    version that needs a token and the tiny checkpoint as a Hugging Face file, and a second
+    ComfyUI whose folders hold no models at all, set up to fetch from it, with the token planted
+    in its environment. Yields ``(hub, server)``."""
+    from helpers.fake_hub import Hub
+
+    _require_host()
+    hub = Hub(token=MIRROR_TOKEN)
+    hub.add_blob("lokr", MIRROR_LORA.name, path=str(MIRROR_LORA))
+    hub.add_civitai(7001, 70011, ["lokr"], require_token=True)
+    hub.add_blob("tiny", MIRROR_TINY, path=str((MODELS / MIRROR_TINY).resolve()))
+    hub.add_hf("workbench/demo", MIRROR_TINY, "tiny")
+    hub.start()
+    settings = {"civitai_endpoint": hub.api_base, "hf_endpoint": hub.hf_base, "allow_loopback": True,
+                "backoff_s": 0.05}
+    srv = Server(tmp_path_factory.mktemp("mirror"), env={"CIVITAI_API_TOKEN": MIRROR_TOKEN}, models=(),
+                 link_real=False, settings=settings)
+    try:
+        srv.wait_ready()
+        yield hub, srv
+    finally:
+        srv.stop()
+        hub.stop()

@@ -10,42 +10,15 @@ import json
 
 import pytest
 import requests
-from conftest import Server, _require_host
+from conftest import MIRROR_LORA, MIRROR_TINY, MIRROR_TOKEN
 from PIL import Image
 
 from helpers.api import run_prompt
-from helpers.fake_hub import Hub
 from helpers.paths import REAL_LORAS
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "planted-e2e-token-9f3b1c77"
-LORA = REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"
-TINY = "workbench-sd15-tiny.safetensors"
-
-
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory):
-    """The fake hub and a ComfyUI whose folders hold no models at all (no demo models, no fixtures)."""
-    _require_host()
-    from conftest import MODELS
-
-    hub = Hub(token=TOKEN)
-    hub.add_blob("lokr", LORA.name, path=str(LORA))
-    hub.add_civitai(7001, 70011, ["lokr"], require_token=True)
-    hub.add_blob("tiny", TINY, path=str((MODELS / TINY).resolve()))
-    hub.add_hf("workbench/demo", TINY, "tiny")
-    hub.start()
-    settings = {"civitai_endpoint": hub.api_base, "hf_endpoint": hub.hf_base, "allow_loopback": True,
-                "backoff_s": 0.05}
-    srv = Server(tmp_path_factory.mktemp("mirror"), env={"CIVITAI_API_TOKEN": TOKEN}, models=(),
-                 link_real=False, settings=settings)
-    try:
-        srv.wait_ready()
-        yield hub, srv
-    finally:
-        srv.stop()
-        hub.stop()
+LORA, TINY, TOKEN = MIRROR_LORA, MIRROR_TINY, MIRROR_TOKEN
 
 
 def prompt(lora_sha: str, ckpt_url: str) -> dict:
