@@ -108,7 +108,9 @@ def test_hand_edited_json_loads_unchanged(page):
                                               "strength_clip": 0.25}]
 
 
-def test_a_lora_that_does_not_apply_fully_shows_a_warning(page, server):
+@pytest.mark.parametrize("blocks,warning", [("", "connect clip"), ("default=0", "nothing applied")],
+                         ids=["partly-applied", "applies-nothing"])
+def test_a_lora_that_does_not_apply_fully_shows_a_warning(page, server, blocks, warning):
     workflow = {
         "last_node_id": 3, "last_link_id": 2, "version": 0.4, "links": [[1, 1, 0, 2, 0, "MODEL"],
                                                                           [2, 2, 2, 3, 0, "STRING"]],
@@ -120,7 +122,7 @@ def test_a_lora_that_does_not_apply_fully_shows_a_warning(page, server):
              "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
              "outputs": [{"name": "MODEL", "type": "MODEL"}, {"name": "CLIP", "type": "CLIP"},
                          {"name": "report", "type": "STRING", "links": [2]}],
-             "widgets_values": ["real/lycoris_lokr/smart_falcon_4_lokr.safetensors", 1.0, 1.0, ""]},
+             "widgets_values": ["real/lycoris_lokr/smart_falcon_4_lokr.safetensors", 1.0, 1.0, blocks]},
             {"id": 3, "type": "PreviewAny", "pos": [900, 100], "size": [400, 200],
              "inputs": [{"name": "source", "type": "*", "link": 2}]},
         ]}
@@ -129,8 +131,27 @@ def test_a_lora_that_does_not_apply_fully_shows_a_warning(page, server):
     assert entry["status"]["status_str"] == "success", entry["status"]
     badge = page.page.locator(".wb-results .wb-badge")
     badge.wait_for()
-    assert "connect clip" in page.page.locator(".wb-results .wb-warning-text").first.inner_text()
-    page.shot("load_lora_warning", clip=page.focus(2, 1.0))
+    assert warning in page.page.locator(".wb-results .wb-warning-text").first.inner_text()
+    if not blocks:
+        page.shot("load_lora_warning", clip=page.focus(2, 1.0))
+
+
+def test_block_editor_takes_a_pasted_a1111_vector(page):
+    page.load(json.loads(EXAMPLE.read_text()))
+    page.focus(STACK, 1.0)
+    row(page, 1).locator(".wb-edit-blocks").click()
+    dialog = page.page.locator(".wb-dialog")
+    dialog.wait_for()
+    text = dialog.locator(".wb-spec-text")
+    text.fill("1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1")  # A1111 17-value SD1.x vector: OUT blocks on
+    page.page.wait_for_function("document.querySelector('.wb-spec-canonical').textContent.includes('OUT03-OUT11')")
+    values = page.js("() => Object.fromEntries([...document.querySelectorAll('.wb-dialog input[type=number]')]"
+                     ".map(i => [i.dataset.block, Number(i.value)]))")
+    assert values["OUT05"] == 1 and values["IN04"] == 0 and values["M00"] == 0 and values["TE.clip_l"] == 1
+    dialog.locator(".wb-family").select_option("flux")  # regrouped as double/single blocks
+    assert dialog.locator("input[type=number][data-block='S37']").count() == 1
+    dialog.locator(".wb-cancel").click()
+    assert json.loads(loras_value(page))[1]["blocks"] == "MIDD"  # Cancel changes nothing
 
 
 @pytest.fixture

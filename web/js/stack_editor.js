@@ -155,7 +155,18 @@ function attachSourcePicker(node, folder) {
   const input = el("input", { type: "text", className: "wb-source", value: source.value ?? "",
     placeholder: folder ? `file in ${folder}, URL, AIR or sha256:…` : "URL, AIR, hf://… or sha256:…",
     title: "source: a file name in the folder, or a URL, AIR, hf:// reference or content hash" });
-  if (folder) datalistFor(folder).then((id) => input.setAttribute("list", id));
+  // Fetch Model saves into the folder its `directory` widget names: offer that folder's files.
+  const directory = widgetByName(node, "directory");
+  const offer = (name) => (name ? datalistFor(name).then((id) => input.setAttribute("list", id))
+    : input.removeAttribute("list"));
+  offer(folder ?? directory?.value);
+  if (!folder && directory) {
+    const original = directory.callback;
+    directory.callback = function (value, ...rest) {
+      offer(value);
+      return original?.call(this, value, ...rest);
+    };
+  }
   input.addEventListener("keydown", (e) => e.stopPropagation());
   input.addEventListener("change", () => {
     source.value = input.value.trim();
