@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import socket
 import stat
 import threading
@@ -528,7 +529,7 @@ class Downloader:
     def _stream(self, answer, part: _Part, hasher: StreamHasher, have: int, total: int | None,
                 limit: int | None) -> int:
         """Append the response body to ``part``; ``limit`` bytes at most (the size the host lists)."""
-        with _open_part(part.path, truncate=not have) as f:
+        with _open_part(part.path, truncate=not have) as f, _HashFeeder(hasher) as feed:
             f.seek(have)
             f.truncate()
             # read1: whatever has arrived (up to CHUNK), so a stall loses no received bytes.
@@ -540,7 +541,7 @@ class Downloader:
                     raise FetchError(f"{for_log(answer.url)} sent more than the {limit} bytes the host lists for "
                                      "this file; stopped there and nothing was saved.")
                 f.write(chunk)
-                hasher.update(chunk)
+                feed.put(chunk)
                 have += len(chunk)
                 self.progress(have, total)
         return have
@@ -555,6 +556,34 @@ class Downloader:
         wait = self.client.backoff_s(failures - 1, retry_after)
         log.info("%s: %s; retrying in %.1f s", for_log(plan.url), what, wait)
         self.client.sleep(wait)
+
+
+class _HashFeeder:
+    """Feeds chunks to a :class:`StreamHasher` on a worker thread, so that hashing overlaps
+    receiving and writing (hashlib releases the GIL on large buffers); at most ``depth`` chunks
+    wait, so memory stays bounded. Leaving the ``with`` block waits until every chunk put is
+    hashed, also when the transfer stopped with an exception: the hash then matches the bytes
+    written, which a retry in the same run continues from."""
+
+    def __init__(self, hasher: StreamHasher, depth: int = 8):
+        self._hasher = hasher
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run, name="lora-workbench-hash", daemon=True)
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._hasher.update(chunk)
+
+    def put(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def __enter__(self) -> _HashFeeder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
 
 
 def _restart(part: _Part) -> None:
