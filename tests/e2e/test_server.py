@@ -187,3 +187,10 @@ def test_extract_then_load_the_result_and_sample(server):
     with safe_open(str(made[0]), "pt") as f:
         assert len([k for k in f.keys() if k.endswith(".alpha")]) == 128
     assert server.pack_failures() == []
+
+
+def test_the_english_locale_is_served(server):
+    """The frontend reads node names, descriptions and tooltips from /i18n (locales/en/nodeDefs.json)."""
+    defs = requests.get(f"{server.url}/i18n", timeout=30).json()["en"]["nodeDefs"]
+    assert defs["WorkbenchFetchModel"]["display_name"] == "Fetch Model (Workbench)"
+    assert defs["WorkbenchLoraStack"]["inputs"]["loras"]["tooltip"].startswith("JSON list of rows")

@@ -48,6 +48,8 @@ def test_node_schemas_match_the_golden_file(comfy_host):
 
 # DESIGN.md's node catalogue: required inputs in order, optional inputs, output names.
 DESIGN = {
+    "WorkbenchFetchModel": (["source", "directory"], [], ["filename", "sha256", "report"]),
+    "WorkbenchLoadCheckpoint": (["source"], [], ["MODEL", "CLIP", "VAE"]),
     "WorkbenchLoadLora": (["model", "source", "strength_model", "strength_clip", "blocks"], ["clip"],
                           ["MODEL", "CLIP", "report"]),
     "WorkbenchLoraStack": (["loras"], ["lora_stack"], ["stack", "lora_stack"]),
@@ -62,6 +64,7 @@ DESIGN = {
 def test_golden_file_follows_the_design_catalogue(comfy_host):
     """Required inputs exactly as DESIGN.md lists them; optional ones may only be appended."""
     golden = json.loads(GOLDEN.read_text())
+    assert set(golden) == set(DESIGN)
     for node_id, (required, optional, outputs) in DESIGN.items():
         got_required = [i["name"] for i in golden[node_id]["inputs"] if i["section"] == "required"]
         got_optional = [i["name"] for i in golden[node_id]["inputs"] if i["section"] == "optional"]
@@ -87,3 +90,29 @@ def test_every_node_has_a_help_page(comfy_host):
         page = REPO / "web" / "docs" / f"{cls.GET_SCHEMA().node_id}.md"
         text = page.read_text()
         assert text.startswith("# ") and "## Inputs" in text and "## Outputs" in text and "## Common errors" in text
+
+
+LOCALES = REPO / "locales" / "en" / "nodeDefs.json"
+
+
+def node_defs(node_cls) -> dict:
+    """The frontend's i18n entry for one node (``locales/<lang>/nodeDefs.json``): display name,
+    description, and per input and output (outputs by index) the name and tooltip."""
+    s = node_cls.GET_SCHEMA()
+    entry = {"display_name": s.display_name, "description": s.description, "inputs": {}, "outputs": {}}
+    for i in s.inputs:
+        entry["inputs"][i.id] = {"name": i.display_name or i.id, "tooltip": i.tooltip}
+    for n, o in enumerate(s.outputs):
+        entry["outputs"][str(n)] = {"name": o.display_name or o.id, "tooltip": o.tooltip}
+    return entry
+
+
+def test_english_locale_matches_the_nodes(comfy_host):
+    """locales/en/nodeDefs.json is the nodes' own text (``UPDATE_GOLDEN=1`` rewrites it)."""
+    from lora_workbench.nodes import NODES
+
+    current = {cls.GET_SCHEMA().node_id: node_defs(cls) for cls in NODES}
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        LOCALES.parent.mkdir(parents=True, exist_ok=True)
+        LOCALES.write_text(json.dumps(current, indent=2, ensure_ascii=False) + "\n")
+    assert json.loads(LOCALES.read_text()) == current
