@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import subprocess
+
 import tomllib
 
 from helpers.paths import REPO
