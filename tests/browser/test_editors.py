@@ -219,3 +219,19 @@ def test_source_picker_and_extraction_result(page, server):
     page.shot("extraction_result", clip=page.focus(3, 1.0))
     for made in (server.base / "models" / "loras" / "browser").glob("extracted_*"):
         made.unlink()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "example_workflows").glob("*.json")), ids=lambda p: p.stem)
+def test_every_example_loads_with_its_model_entries(page, path):
+    workflow = json.loads(path.read_text())
+    page.load(workflow)
+    loaded = page.js("() => app.graph.serialize()")
+    assert len(loaded["nodes"]) == len(workflow["nodes"])
+    shipped = {n["id"]: n["properties"].get("models") for n in workflow["nodes"] if n["properties"].get("models")}
+    for node in loaded["nodes"]:
+        if node["id"] in shipped:
+            assert node["properties"]["models"] == shipped[node["id"]]  # kept by the frontend's validation
+    page.page.wait_for_timeout(500)
+    alerts = page.js("() => [...document.querySelectorAll('.p-toast-message')].map(t => t.innerText)")
+    assert not [a for a in alerts if "Invalid workflow" in a or "rror" in a], alerts
+    page.shot(f"example_{path.stem}", clip={"x": 0, "y": 0, "width": 1400, "height": 900})
