@@ -5,7 +5,7 @@ COMFY := .host/env/ComfyUI
 BASE := .host/base
 PYTEST_ARGS ?=
 
-.PHONY: setup browser run test lint
+.PHONY: setup browser run demo test lint
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,11 @@ browser:
 run: setup
 	$(PY) $(COMFY)/main.py --cpu --listen 127.0.0.1 --port $(PORT) --disable-auto-launch \
 	  --base-directory $(BASE) --database-url sqlite:///$(abspath $(BASE))/user/comfyui.db
+
+# Every example workflow through a running ComfyUI's HTTP API, headless, with a local model
+# mirror for the fetch step; prints what each did.
+demo: setup
+	$(PY) scripts/demo.py
 
 # The whole test suite: lint, unit, in-process host, end-to-end through /prompt, browser.
 test: setup browser lint

@@ -157,7 +157,8 @@ class Server:
 def server(tmp_path_factory):
     """One real ComfyUI server for the whole session, on a free port, temporary base dir."""
     _require_host()
-    srv = Server(tmp_path_factory.mktemp("server"))
+    # allow_loopback: the fetching example workflow downloads from the demo mirror on 127.0.0.1.
+    srv = Server(tmp_path_factory.mktemp("server"), settings={"allow_loopback": True})
     try:
         srv.wait_ready()
         yield srv

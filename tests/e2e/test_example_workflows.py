@@ -8,12 +8,20 @@ import pytest
 import requests
 
 from helpers.api import run_prompt
-from helpers.paths import REAL_LORAS, REPO
+from helpers.paths import MODELS, REAL_LORAS, REPO
+from helpers.static_mirror import StaticMirror
 from helpers.workflow import ui_to_api
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_mirror():
+    """The mirror the fetching example downloads its checkpoint from, as `make demo` runs it."""
+    with StaticMirror(MODELS) as mirror:
+        yield mirror
 
 
 def test_there_are_example_workflows():
