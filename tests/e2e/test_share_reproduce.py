@@ -62,7 +62,9 @@ def run_workflow(srv, workflow: dict) -> tuple[dict, Image.Image]:
 def test_a_shared_workflow_reproduces_on_a_host_without_the_models(mirror, tmp_path_factory):
     hub, host_a = mirror
     lora_sha = hashlib.sha256(MIRROR_LORA.read_bytes()).hexdigest()
-    ckpt_url = f"{hub.hf_base}/workbench/demo/resolve/main/{MIRROR_TINY}"
+    # "?download=true" (as Hugging Face's web links have it) makes this source text new to host A,
+    # whose other tests ran the plain URL: ComfyUI would reuse that cached node and not record again.
+    ckpt_url = f"{hub.hf_base}/workbench/demo/resolve/main/{MIRROR_TINY}?download=true"
 
     # Host A runs it; the image it saves carries the workflow with the models it used.
     _entry, png_a = run_workflow(host_a, shared_workflow(ckpt_url, lora_sha))
