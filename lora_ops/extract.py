@@ -116,6 +116,11 @@ class LayerStats:
     spectrum: list[float] = field(default_factory=list)
 
 
+def _rank_range(ranks: list[int]) -> str:
+    lo, hi = (min(ranks), max(ranks)) if ranks else (0, 0)
+    return f"rank {lo}" if lo == hi else f"rank {lo}-{hi}"
+
+
 @dataclass
 class Result:
     """An extraction: the ``path`` written, the ``plan``, per-layer ``layers`` stats, total
@@ -175,8 +180,8 @@ class Result:
         lines = [f"{os.path.basename(self.path)}: {len(extracted)} layers extracted"
                  + (f" ({full} stored as full differences)" if full else "")
                  + (f", {unchanged} unchanged layers left out" if unchanged else "")
-                 + f"; rank {min(ranks) if ranks else 0}-{max(ranks) if ranks else 0}; "
-                 f"overall relative error {self.overall_error():.4f}; {self.seconds:.1f} s",
+                 + f"; {_rank_range(ranks)}; "
+                 f"overall relative error {self.overall_error():.3g}; {self.seconds:.1f} s",
                  f"{'block':<12}{'layers':>7}{'rank':>9}{'rel.error':>11}{'retained':>10}{'||dW||_F':>12}"]
         for block, stats in self.by_block().items():
             changed = [s for s in stats if s.rank != 0]

@@ -65,8 +65,10 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
     @classmethod
     def execute(cls, model, source, clip=None) -> io.NodeOutput:
         name = source.strip()
-        path, models, _fetched = resolve_with_models("loras", name)
-        lora = load_lora_file(path)
+        src = resolve_with_models("loras", name)
+        models = src.models
+        lora = load_lora_file(src.path)
+        name = src.label
         prepared = prepare_lora(model, clip, lora, name, 1.0, 1.0, "")
         record_for(cls, models)
         norms = block_norms(model, clip, prepared)
@@ -81,4 +83,5 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
         plot = torch.from_numpy(image)[None]
         summary = {"name": name, "summary": f"{prepared.report.applied} modules in {len(norms)} blocks",
                    "warning": prepared.report.summary()["warning"]}
-        return io.NodeOutput("\n".join(lines), plot, ui=ui_output([summary], models, plot))
+        return io.NodeOutput("\n".join(lines), plot,
+                             ui=ui_output([summary], models, plot, text="\n".join(lines), fetched=src.fetched))

@@ -58,8 +58,9 @@ def node_progress(node_id: str | None, label: str):
             try:
                 from server import PromptServer
 
-                PromptServer.instance.send_progress_text(f"{label}: {done}/{total} layers, ETA {eta:.0f} s",
-                                                         node_id)
+                text = (f"{label}: {done}/{total} layers, ETA {eta:.0f} s" if done < total
+                        else f"{label}: {total} layers in {elapsed:.1f} s")
+                PromptServer.instance.send_progress_text(text, node_id)
             except Exception:  # no server (tests, CLI): the progress bar is enough
                 pass
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -105,8 +106,9 @@ def make_options(rank, rank_policy, policy_value, algorithm, niter, text_encoder
 def _outputs(result, name: str, opts: Options) -> io.NodeOutput:
     image = torch.from_numpy(result.plot())[None]
     report = f"{result.plan.summary(opts.max_rank, opts.oversample, opts.niter)}\n{result.report()}"
-    summary = {"name": name, "summary": result.report().splitlines()[0], "warning": None}
-    return io.NodeOutput(name, report, image, ui=ui_output([summary], image=image))
+    first = result.report().splitlines()[0]
+    summary = {"name": name, "summary": first.split(": ", 1)[-1], "warning": None}
+    return io.NodeOutput(name, report, image, ui=ui_output([summary], image=image, text=report))
 
 
 class WorkbenchExtractLora(io.ComfyNode):

@@ -6,22 +6,15 @@ from __future__ import annotations
 import comfy.sd
 import folder_paths
 
-from ..lora_ops.source_ref import parse_source
 from .compat import inp, io, out, schema
-from .fetching import fetch_source, known_sha256, model_folders, record_for
-from .sources import _REMOTE, file_fingerprint, resolve_local
+from .fetching import fetch_source, known_sha256, model_folders, record_for, resolve_with_models
+from .sources import file_fingerprint
+from .ui_results import ui_output
 
 SOURCE_TOOLTIP = ("A file name already in the folder, an https:// URL (Civitai, Hugging Face, or a host allowed in the "
                   "pack's settings), hf://org/repo/file, a Civitai AIR (urn:air:sdxl:lora:civitai:123@456) or "
                   "civitai:123@456, or a content hash (sha256:..., autov2:..., autov3:...). Never put a token "
                   "here: tokens come from CIVITAI_API_TOKEN / HF_TOKEN or the pack's settings file.")
-UI_KEY = "workbench_models"
-
-
-def _ui(entries: list[dict]) -> dict | None:
-    return {UI_KEY: entries} if entries else None
-
-
 class WorkbenchFetchModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -56,7 +49,10 @@ class WorkbenchFetchModel(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, source, directory, save_as="", expected_sha256="", **kwargs):
         # The content hash when known (no network here), so a re-run with the same file is cached.
-        return (source.strip(), directory, save_as, expected_sha256.strip().lower() or known_sha256(source.strip()))
+        if not isinstance(source, str):
+            return (source, directory, save_as, expected_sha256)  # fed by a link: decided when it runs
+        return (source.strip(), directory, save_as, (expected_sha256 or "").strip().lower()
+                or known_sha256(source.strip()))
 
     @classmethod
     def execute(cls, source, directory, save_as="", expected_sha256="") -> io.NodeOutput:
@@ -67,7 +63,10 @@ class WorkbenchFetchModel(io.ComfyNode):
             result.sha256 = hash_index().hashes_for(result.path).sha256.lower()
         entry = result.models_entry(directory)
         record_for(cls, [entry] if entry else [])
-        return io.NodeOutput(result.name, result.sha256, result.report(), ui=_ui([entry] if entry else []))
+        fetched = [{"source": source.strip(), "directory": directory, "name": result.name, "how": result.how,
+                    "sha256": result.sha256}]
+        return io.NodeOutput(result.name, result.sha256, result.report(),
+                             ui=ui_output(models=[entry] if entry else None, fetched=fetched))
 
 
 class WorkbenchLoadCheckpoint(io.ComfyNode):
@@ -95,18 +94,10 @@ class WorkbenchLoadCheckpoint(io.ComfyNode):
 
     @classmethod
     def execute(cls, source) -> io.NodeOutput:
-        entries = []
-        if _REMOTE.match(source.strip()):
-            parse_source(source)  # a malformed source fails here with its own message
-            result = fetch_source("checkpoints", source.strip())
-            path = result.path
-            entry = result.models_entry("checkpoints")
-            entries = [entry] if entry else []
-        else:
-            path = resolve_local("checkpoints", source.strip())
-        record_for(cls, entries)
+        src = resolve_with_models("checkpoints", source)
+        record_for(cls, src.models)
         model, clip, vae = comfy.sd.load_checkpoint_guess_config(
-            path, output_vae=True, output_clip=True,
+            src.path, output_vae=True, output_clip=True,
             embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
-        return io.NodeOutput(model, clip, vae, ui=_ui(entries))
-
+        return io.NodeOutput(model, clip, vae, ui=ui_output(models=src.models, fetched=src.fetched,
+                                                             text=src.report))

@@ -137,14 +137,28 @@ def record_models(extra_pnginfo: dict | None, unique_id: str | None, entries: li
             props["models"] = models
 
 
-def resolve_with_models(folder: str, source: str) -> tuple[str, list[dict], str | None]:
-    """A node's ``source`` resolved: (absolute path, the ``properties.models`` entries to record,
-    the fetch report or None for a plain local name)."""
-    from .sources import _REMOTE, resolve_local
+class Resolved:
+    """A node's ``source`` resolved: ``path`` (absolute), ``models`` (the ``properties.models``
+    entries to record), ``report`` (the fetch report, None for a plain local name), ``fetched``
+    (how it was resolved, for the UI output) and ``label`` (the source, with the file it
+    resolved to when it was remote)."""
 
-    name = source.strip()
-    if not _REMOTE.match(name):
-        return resolve_local(folder, name), [], None
-    result = fetch_source(folder, name)
-    entry = result.models_entry(folder)
-    return result.path, [entry] if entry else [], result.report()
+    def __init__(self, folder: str, source: str):
+        from .sources import _REMOTE, resolve_local
+
+        name = source.strip()
+        self.label, self.models, self.report, self.fetched = name, [], None, []
+        if not _REMOTE.match(name):
+            self.path = resolve_local(folder, name)
+            return
+        result = fetch_source(folder, name)
+        entry = result.models_entry(folder)
+        self.path, self.models, self.report = result.path, [entry] if entry else [], result.report()
+        self.label = f"{name} ({result.name})"
+        self.fetched = [{"source": name, "directory": folder, "name": result.name, "how": result.how,
+                         "sha256": result.sha256}]
+
+
+def resolve_with_models(folder: str, source: str) -> Resolved:
+    """See :class:`Resolved`."""
+    return Resolved(folder, source)

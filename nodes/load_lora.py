@@ -60,9 +60,10 @@ class WorkbenchLoadLora(io.ComfyNode):
     @classmethod
     def execute(cls, model, source, strength_model, strength_clip, blocks, clip=None) -> io.NodeOutput:
         name = source.strip()
-        path, models, fetched = resolve_with_models("loras", name)
-        lora = load_lora_file(path)
-        new_model, new_clip, report = apply_lora(model, clip, lora, name, strength_model, strength_clip, blocks)
-        record_for(cls, models)
-        text = report.text() if fetched is None else f"{fetched}\n{report.text()}"
-        return io.NodeOutput(new_model, new_clip, text, ui=ui_output([report.summary()], models))
+        src = resolve_with_models("loras", name)
+        lora = load_lora_file(src.path)
+        new_model, new_clip, report = apply_lora(model, clip, lora, src.label, strength_model, strength_clip, blocks)
+        record_for(cls, src.models)
+        text = report.text() if src.report is None else f"{src.report}\n{report.text()}"
+        return io.NodeOutput(new_model, new_clip, text,
+                             ui=ui_output([report.summary()], src.models, text=text, fetched=src.fetched))

@@ -36,9 +36,11 @@ class ApplyReport:
         """The short form shown on the node: ``{"name", "summary", "warning"}``; ``warning`` is
         None when everything in the file was applied (modules at strength 0 count as applied:
         the user asked for that), else what was not and why, in a few words."""
-        parts = [f"{self.model_modules} model + {self.clip_modules} text-encoder modules"]
+        parts = [f"{self.model_modules} model + {self.clip_modules} text-encoder modules applied"]
         if self.zero_modules:
-            parts.append(f"{self.zero_modules} at strength 0")
+            parts.append(f"{self.zero_modules} left out at strength 0 (block spec)")
+        if self.format != "comfy":
+            parts.append(f"{self.format} format converted")
         problems = []
         if self.applied == 0:
             problems.append("nothing applied")

@@ -8,7 +8,7 @@ from ..lora_ops.stack import StackError, parse_rows, rows_from_lora_stack, to_lo
 from .compat import inp, io, out, schema
 from .fetching import record_for, resolve_with_models
 from .lora_apply import LoraApplyError, add_prepared, load_lora_file, prepare_lora
-from .sources import file_fingerprint, resolve_local
+from .sources import file_fingerprint
 from .ui_results import ui_output
 
 # What resolving a row's source may raise (UnsafeError and SourceError are ValueErrors).
@@ -61,15 +61,18 @@ class WorkbenchLoraStack(io.ComfyNode):
     def execute(cls, loras, lora_stack=None) -> io.NodeOutput:
         rows = rows_from_lora_stack(lora_stack) + parse_rows(loras)
         models: list[dict] = []
+        fetched: list[dict] = []
         for i, row in enumerate(rows, 1):
             if row["on"]:
                 try:
                     # Fail here, before any model work; remote sources are fetched now.
-                    models += resolve_with_models("loras", row["lora"])[1]
+                    src = resolve_with_models("loras", row["lora"])
                 except SOURCE_ERRORS as e:
                     raise StackError(f"row {i}: {e}") from None
+                models += src.models
+                fetched += src.fetched
         record_for(cls, models)
-        return io.NodeOutput(rows, to_lora_stack(rows), ui=ui_output(models=models))
+        return io.NodeOutput(rows, to_lora_stack(rows), ui=ui_output(models=models, fetched=fetched))
 
 
 class WorkbenchApplyLoraStack(io.ComfyNode):
@@ -105,8 +108,9 @@ class WorkbenchApplyLoraStack(io.ComfyNode):
                 lines.append(f"row {i}: {name or '(empty)'} is off")
                 continue
             try:
-                lora = load_lora_file(resolve_local("loras", name))
-                p = prepare_lora(model, clip, lora, name, row["strength_model"], row["strength_clip"],
+                src = resolve_with_models("loras", name)
+                lora = load_lora_file(src.path)
+                p = prepare_lora(model, clip, lora, src.label, row["strength_model"], row["strength_clip"],
                                  row["blocks"])
             except (LoraApplyError, *SOURCE_ERRORS) as e:  # ValueError: BlockSpecError, SourceError too
                 raise StackError(f"row {i}: {e}") from None
@@ -116,4 +120,4 @@ class WorkbenchApplyLoraStack(io.ComfyNode):
         if not prepared:
             lines.append("no row is on: the model is unchanged")
         return io.NodeOutput(new_model, new_clip, "\n".join(lines),
-                             ui=ui_output([p.report.summary() for p in prepared]))
+                             ui=ui_output([p.report.summary() for p in prepared], text="\n".join(lines)))

@@ -73,7 +73,9 @@ def file_fingerprint(folders: str | tuple[str, ...], source: str) -> tuple:
     """What identifies a source's current file for ComfyUI's output cache: its path, size and
     modification time (bytes, nanoseconds); the source text alone when it does not resolve
     (execution then reports why). ``folders``: one model folder name or several, in order."""
-    if _REMOTE.match((source or "").strip()):
+    if not isinstance(source, str):
+        return (source,)  # fed by a link: decided when it runs
+    if _REMOTE.match(source.strip()):
         # Never the network here: the content hash this source had last time, else the text.
         from .fetching import known_sha256
 

@@ -74,16 +74,23 @@ def describe(name: str, workflow: dict, entry: dict, seconds: float) -> list[str
     titles = {str(n["id"]): n.get("title") or n["type"] for n in workflow["nodes"]}
     lines = [f"== {name}: ran in {seconds:.1f} s"]
     for node_id, out in sorted(entry["outputs"].items(), key=lambda kv: int(kv[0])):
-        for m in out.get("workbench_models", []):
-            lines.append(f"   fetched/verified  {m['directory']}/{m['name']}  sha256 {m['hash'][:16]}...  "
-                         f"from {m['url']}")
-        for r in out.get("workbench_report", []):
-            warn = f"  (WARNING: {r['warning']})" if r.get("warning") else ""
-            lines.append(f"   {titles[node_id]}: {r['name']}: {r['summary']}{warn}")
-        for text in out.get("text", []):
+        for f in out.get("workbench_fetched", []):
+            how = {"download": "downloaded and verified", "index": "found by its SHA-256 (no download)",
+                   "local": "already in the folder"}.get(f["how"], f["how"])
+            sha = f"sha256 {f['sha256'][:16]}..." if f.get("sha256") else ""
+            lines.append(f"   {f['source'][:60]} -> {f['directory']}/{f['name']}: {how} {sha}")
+        texts = out.get("workbench_text", [])
+        if texts:
+            lines.append(f"   {titles[node_id]}:")
+        for text in texts:
             for line in text.splitlines():
-                if "modules per block" in line or "blocks applied" in line:
-                    lines.append(f"   {line.strip()[:200]}")
+                shown = line.strip()
+                if line.startswith(("row ", "LoRA ")) or shown.startswith(("blocks applied", "modules per block")) \
+                        or "layers extracted" in line:
+                    lines.append(f"      {shown[:220]}")
+        for r in out.get("workbench_report", []):
+            if r.get("warning"):
+                lines.append(f"      WARNING {r['name']}: {r['warning']}")
         for image in out.get("images", []):
             if image.get("type") == "output":
                 lines.append(f"   image: {BASE / 'output' / image['subfolder'] / image['filename']}")

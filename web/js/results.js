@@ -19,7 +19,7 @@ function entryElement(entry) {
     warn ? el("div", { className: "wb-warning-text", textContent: entry.warning }) : null);
 }
 
-export function showResults(node, entries) {
+export function showResults(node, entries, fullText) {
   injectStyle();
   let widget = widgetByName(node, "workbench_results");
   if (!widget) {
@@ -29,7 +29,12 @@ export function showResults(node, entries) {
     widget.serialize = false;
   }
   widget.entries = entries;
-  widget.element.replaceChildren(...entries.map(entryElement));
+  // The full report, folded: core's Preview as Text renders Markdown and joins its lines.
+  const details = typeof fullText === "string" && fullText
+    ? el("details", { className: "wb-details" }, el("summary", { textContent: "Full report" }),
+      el("pre", { textContent: fullText }))
+    : null;
+  widget.element.replaceChildren(...entries.map(entryElement), ...(details ? [details] : []));
   node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
   node.graph?.setDirtyCanvas?.(true, true);
 }
@@ -38,7 +43,7 @@ api.addEventListener("executed", ({ detail }) => {
   const entries = detail?.output?.workbench_report;
   if (!Array.isArray(entries) || !entries.length) return;
   const node = nodeFor(detail.node);
-  if (node) showResults(node, entries);
+  if (node) showResults(node, entries, detail.output.workbench_text?.[0]);
 });
 
 app.registerExtension({ name: "LoraWorkbench.Results" });

@@ -130,9 +130,14 @@ function attachStackEditor(node) {
     return result;
   };
   // The classic canvas reads `hidden`, the Nodes 2.0 renderer `options.hidden`.
+  const ownSize = Object.prototype.hasOwnProperty.call(loras, "computeSize") ? loras.computeSize : undefined;
   function setHidden(hidden) {
     loras.hidden = hidden;
     loras.options = { ...(loras.options ?? {}), hidden };
+    // A hidden DOM widget still reserves its height in the classic layout: give it none.
+    if (hidden) loras.computeSize = () => [0, -4];
+    else if (ownSize) loras.computeSize = ownSize;
+    else delete loras.computeSize;
   }
   setHidden(true);
   const widget = node.addDOMWidget("workbench_stack_editor", "workbench-stack", panel, {
@@ -184,8 +189,18 @@ function attachSourcePicker(node, folder) {
   widget.serialize = false;
   source.hidden = true;
   source.options = { ...(source.options ?? {}), hidden: true };
-  node.workbenchSyncSource = sync;
-  sync();
+  node.workbenchSyncSource = () => {
+    sync();
+    fitHeight(node);
+  };
+  node.workbenchSyncSource();
+}
+
+// Grow the node (never shrink it) to the height its widgets need: a saved or default size may
+// predate the picker or the editor.
+function fitHeight(node) {
+  const need = node.computeSize?.()[1];
+  if (need && node.size[1] < need) node.setSize?.([node.size[0], need]);
 }
 
 // A native button next to the `blocks` widget of Load LoRA opens the block editor on it.
@@ -212,5 +227,6 @@ app.registerExtension({
     // Widget values are restored after nodeCreated: show the loaded rows and sources.
     node.workbenchRender?.();
     node.workbenchSyncSource?.();
+    if (node.workbenchRender) fitHeight(node);
   },
 });

@@ -24,7 +24,11 @@ const CSS = `
 .wb-buttons { display: flex; gap: 2px; }
 .wb-error { color: #f66; white-space: pre-wrap; }
 .wb-result { border-left: 3px solid #4a4; padding: 2px 6px; background: var(--comfy-input-bg, #222);
-  border-radius: 3px; white-space: pre-wrap; }
+  border-radius: 3px; white-space: pre-wrap; overflow-wrap: anywhere; }
+.wb-details summary { cursor: pointer; opacity: 0.8; }
+.wb-details pre { margin: 2px 0 0; padding: 4px 6px; background: var(--comfy-input-bg, #222); border-radius: 3px;
+  font: 11px monospace; white-space: pre-wrap; overflow-wrap: anywhere; max-height: 260px; overflow: auto;
+  user-select: text; }
 .wb-result.wb-warn { border-left-color: #e9a23b; }
 .wb-badge { display: inline-block; background: #e9a23b; color: #000; border-radius: 8px; padding: 0 6px;
   margin-right: 4px; font-weight: bold; }
