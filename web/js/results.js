@@ -25,7 +25,8 @@ export function showResults(node, entries, fullText) {
   if (!widget) {
     const panel = el("div", { className: "wb-panel wb-results" });
     widget = node.addDOMWidget("workbench_results", "workbench-results", panel, {
-      serialize: false, getMinHeight: () => 24 + 44 * (widget?.entries?.length ?? 1) });
+      serialize: false,
+      getMinHeight: () => 34 + (widget?.entries ?? [{}]).reduce((h, e) => h + (e?.warning ? 66 : 46), 0) });
     widget.serialize = false;
   }
   widget.entries = entries;
@@ -35,7 +36,9 @@ export function showResults(node, entries, fullText) {
       el("pre", { textContent: fullText }))
     : null;
   widget.element.replaceChildren(...entries.map(entryElement), ...(details ? [details] : []));
-  node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+  // The classic layout shares the height among DOM widgets by their minimums; a little slack
+  // keeps the picker above from being squeezed.
+  node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1] + 36)]);
   node.graph?.setDirtyCanvas?.(true, true);
 }
 

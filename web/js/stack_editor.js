@@ -185,10 +185,12 @@ function attachSourcePicker(node, folder) {
   };
   const panel = el("div", { className: "wb-panel" }, input);
   const widget = node.addDOMWidget("workbench_source_picker", "workbench-source", panel,
-    { serialize: false, getMinHeight: () => 28 });
+    { serialize: false, getMinHeight: () => 30, getMaxHeight: () => 30 });
   widget.serialize = false;
+  widget.computeSize = (width) => [width ?? node.size[0], 36]; // a fixed-height line, not a share of the rest
   source.hidden = true;
   source.options = { ...(source.options ?? {}), hidden: true };
+  source.computeSize = () => [0, -4]; // hidden, so it takes no room in the classic layout either
   node.workbenchSyncSource = () => {
     sync();
     fitHeight(node);
@@ -200,7 +202,7 @@ function attachSourcePicker(node, folder) {
 // predate the picker or the editor.
 function fitHeight(node) {
   const need = node.computeSize?.()[1];
-  if (need && node.size[1] < need) node.setSize?.([node.size[0], need]);
+  if (need && node.size[1] < need + 12) node.setSize?.([node.size[0], need + 12]);
 }
 
 // A native button next to the `blocks` widget of Load LoRA opens the block editor on it.
