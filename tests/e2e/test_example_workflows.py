@@ -50,7 +50,7 @@ def test_example_workflow_runs(server, path):
 def test_readme_example_report_is_what_the_example_prints(server):
     """The report quoted in the README comes from the shipped example, line for line."""
     readme = (REPO / "README.md").read_text()
-    quoted = readme.split("The reports appear")[1].split("```")[1].strip().splitlines()
+    quoted = readme.split("; for the stack:")[1].split("```")[1].strip().splitlines()
     workflow = json.loads((REPO / "example_workflows" / "lora_stack_with_block_weights.json").read_text())
     info = requests.get(f"{server.url}/object_info", timeout=60).json()
     entry = run_prompt(server.url, ui_to_api(workflow, info))
