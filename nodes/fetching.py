@@ -137,6 +137,14 @@ def record_models(extra_pnginfo: dict | None, unique_id: str | None, entries: li
             props["models"] = models
 
 
+def _short(source: str) -> str:
+    """A source for a label: long hashes shortened (``sha256:86c94ad3…``), URLs kept."""
+    kind, _, value = source.partition(":")
+    if kind.lower() in ("sha256", "autov3") and len(value) > 12:
+        return f"{kind}:{value[:12]}…"
+    return source
+
+
 class Resolved:
     """A node's ``source`` resolved: ``path`` (absolute), ``models`` (the ``properties.models``
     entries to record), ``report`` (the fetch report, None for a plain local name), ``fetched``
@@ -154,7 +162,7 @@ class Resolved:
         result = fetch_source(folder, name)
         entry = result.models_entry(folder)
         self.path, self.models, self.report = result.path, [entry] if entry else [], result.report()
-        self.label = f"{name} ({result.name})"
+        self.label = f"{result.name} (from {_short(name)})"
         self.fetched = [{"source": name, "directory": folder, "name": result.name, "how": result.how,
                          "sha256": result.sha256}]
 

@@ -74,26 +74,29 @@ def describe(name: str, workflow: dict, entry: dict, seconds: float) -> list[str
     titles = {str(n["id"]): n.get("title") or n["type"] for n in workflow["nodes"]}
     lines = [f"== {name}: ran in {seconds:.1f} s"]
     for node_id, out in sorted(entry["outputs"].items(), key=lambda kv: int(kv[0])):
+        node_lines = []
         for f in out.get("workbench_fetched", []):
-            how = {"download": "downloaded and verified", "index": "found by its SHA-256 (no download)",
+            how = {"download": "downloaded and verified", "index": "found by its SHA-256, no download",
                    "local": "already in the folder"}.get(f["how"], f["how"])
-            sha = f"sha256 {f['sha256'][:16]}..." if f.get("sha256") else ""
-            lines.append(f"   {f['source'][:60]} -> {f['directory']}/{f['name']}: {how} {sha}")
-        texts = out.get("workbench_text", [])
-        if texts:
-            lines.append(f"   {titles[node_id]}:")
-        for text in texts:
+            node_lines.append(f"{f['source']}")
+            node_lines.append(f"  -> {f['directory']}/{f['name']} ({how}; sha256 {f.get('sha256') or '-'})")
+        for text in out.get("workbench_text", []):
+            block_info = out.get("workbench_report") and "modules in" in text.splitlines()[0]
             for line in text.splitlines():
                 shown = line.strip()
-                if line.startswith(("row ", "LoRA ")) or shown.startswith(("blocks applied", "modules per block")) \
-                        or "layers extracted" in line:
-                    lines.append(f"      {shown[:220]}")
+                if block_info or line.startswith(("row ", "LoRA ")) or "layers extracted" in line \
+                        or shown.startswith(("blocks applied", "modules per block", "downloaded", "from ")):
+                    node_lines.append(shown)
         for r in out.get("workbench_report", []):
             if r.get("warning"):
-                lines.append(f"      WARNING {r['name']}: {r['warning']}")
+                node_lines.append(f"WARNING {r['name']}: {r['warning']}")
         for image in out.get("images", []):
-            if image.get("type") == "output":
-                lines.append(f"   image: {BASE / 'output' / image['subfolder'] / image['filename']}")
+            kind = "image" if image.get("type") == "output" else "plot (preview)"
+            folder = BASE / ("output" if image.get("type") == "output" else "temp")
+            node_lines.append(f"{kind}: {folder / image['subfolder'] / image['filename']}")
+        if node_lines:
+            lines.append(f"   {titles[node_id]}:")
+            lines += [f"      {line}" for line in node_lines]
     return lines
 
 

@@ -180,6 +180,6 @@ def test_stack_rows_and_block_info_fetch_their_sources(mirror):
     assert stack_models[0]["hash"] == hashlib.sha256(lora.read_bytes()).hexdigest()
     assert stack_models[0]["url"].startswith(f"{hub.hf_base}/timohavdk/sd-lora/resolve/{hub.hf_commit}/")
     # The file was loaded and converted (this LoRA is for the full-size UNet, which the tiny model lacks).
-    assert f"row 1: LoRA {source} (pytorch_lora_weights.safetensors): 256 file keys" in "".join(out["4"]["text"])
+    assert f"row 1: LoRA pytorch_lora_weights.safetensors (from {source}): 256 file keys" in "".join(out["4"]["text"])
     assert "modules in" in "".join(out["6"]["text"])
     assert hub.count("storage", "/obj/diff") == 1  # fetched once, then found by its hash

@@ -26,7 +26,8 @@ export function showResults(node, entries, fullText) {
     const panel = el("div", { className: "wb-panel wb-results" });
     widget = node.addDOMWidget("workbench_results", "workbench-results", panel, {
       serialize: false,
-      getMinHeight: () => 34 + (widget?.entries ?? [{}]).reduce((h, e) => h + (e?.warning ? 66 : 46), 0) });
+      getMinHeight: () => 34 + (widget?.entries ?? [{}]).reduce((h, e) => h + (e?.warning ? 66 : 46), 0)
+        + (widget?.element?.querySelector("details")?.open ? 270 : 0) });
     widget.serialize = false;
   }
   widget.entries = entries;
@@ -36,6 +37,11 @@ export function showResults(node, entries, fullText) {
       el("pre", { textContent: fullText }))
     : null;
   widget.element.replaceChildren(...entries.map(entryElement), ...(details ? [details] : []));
+  // Opening the full report makes room for it; closing it leaves the node as the user sized it.
+  details?.addEventListener("toggle", () => {
+    if (details.open) node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1] + 36)]);
+    node.graph?.setDirtyCanvas?.(true, true);
+  });
   // The classic layout shares the height among DOM widgets by their minimums; a little slack
   // keeps the picker above from being squeezed.
   node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1] + 36)]);
