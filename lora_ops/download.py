@@ -42,7 +42,7 @@ from filelock import Timeout as LockTimeout
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .fetch_settings import FetchSettings
-from .hashing import StreamHasher
+from .hashing import StreamHasher, sha256_file
 from .http_client import Client, FetchError
 from .netguard import content_disposition_filename, for_log, safe_filename, safe_join
 from .remote import Plan, explain
@@ -244,7 +244,8 @@ def check_content(path: str, name: str, allow_pickle: bool) -> tuple[str, list[s
         raise SafetensorsError(name, "has a PyTorch pickle extension and is not a format that can be checked; it "
                                "could run code when loaded", "Use a .safetensors release of this model, or set "
                                "\"allow_pickle\": true in the pack's settings file if you trust its source")
-    notes.append(f"{name}: format not recognised, so only its size and hash were checked.")
+    notes.append(f"{name}: format not recognised, so only its size (and its SHA-256, when the host gave one) "
+                 "could be checked.")
     return name, notes
 
 
@@ -271,18 +272,15 @@ class Downloader:
         self.lock_dir = lock_dir
         self.progress = progress or (lambda done, total: None)
 
-    def download(self, plan: Plan, folder: str, filename: str | None = None,
-                 expected_sha256: str | None = None) -> Downloaded:
+    def download(self, plan: Plan, folder: str, filename: str | None = None) -> Downloaded:
         """Fetch ``plan`` into the model folder ``folder`` (an absolute path).
 
         ``filename``: the name to save under (a relative path; else the plan's, the server's
-        ``Content-Disposition`` or the URL's). ``expected_sha256`` overrides the plan's.
+        ``Content-Disposition`` or the URL's).
         Raises :class:`FetchError` (transfer or verification failed; a part file is kept when
         resuming can help, a mismatching file is kept as ``<name>.sha256-mismatch.part``),
         ``SafetensorsError`` (bad content, discarded), ``UnsafeError`` (refused URL or name).
         """
-        if expected_sha256:
-            plan.expected_sha256 = expected_sha256.lower()
         key = plan.key()
         os.makedirs(folder, exist_ok=True)
         with _process_lock(key):
@@ -305,8 +303,6 @@ class Downloader:
         dest = safe_join(folder, name)
         if not os.path.isfile(dest):
             return None
-        from .hashing import sha256_file
-
         sha = sha256_file(dest)
         if plan.expected_sha256 and sha != plan.expected_sha256:
             raise FetchError(f"{dest} already exists with different content (SHA-256 {sha}, expected "
@@ -365,12 +361,15 @@ class Downloader:
             except Exception:
                 part.remove()
                 raise
-            found = self._existing(plan.__class__(plan.url, name, expected_sha256=sha), folder, name) \
-                if os.path.isfile(safe_join(folder, name)) else None
-            if found is not None:
+            existing = safe_join(folder, name)
+            if os.path.isfile(existing):  # the server's name is taken: the same bytes, or refuse
+                if sha256_file(existing) != sha:
+                    raise FetchError(f"{existing} already exists with other content; the download is kept as "
+                                     f"{part.path}. Rename one of them, or give a name to save it under (the "
+                                     "node's save_as, or --filename on the command line).")
                 part.remove()
-                found.notes.append(f"{name} was already there with the same content.")
-                return found
+                return Downloaded(existing, size, sha, fresh=False,
+                                  notes=[f"{name} was already there with the same content."])
         try:
             publish_name, notes = check_content(part.path, name, self.settings.allow_pickle)
         except SafetensorsError as e:
@@ -387,8 +386,6 @@ class Downloader:
             os.fsync(f.fileno())
         if os.path.exists(dest):
             # Another writer published while we downloaded: identical bytes are fine, others are not overwritten.
-            from .hashing import sha256_file
-
             if sha256_file(dest) != sha:
                 raise FetchError(f"{dest} appeared with different content while downloading; the download is "
                                  f"kept as {part.path}. Rename one of them.")

@@ -29,7 +29,7 @@ from .fetch_settings import FetchSettings
 if TYPE_CHECKING:
     from .hash_index import HashIndex
 from .http_client import Client, FetchError
-from .netguard import UnsafeError, for_log, safe_subpath
+from .netguard import UnsafeError, for_log, host_of, safe_subpath
 from .remote import Resolver
 from .source_ref import HashRef, LocalRef, SourceError, UrlRef, describe, parse_source
 
@@ -111,8 +111,8 @@ class Fetcher:
 
     def parse(self, source: str):
         """:func:`lora_ops.source_ref.parse_source` with this configuration's API hosts."""
-        return parse_source(source, civitai_hosts=self.settings.civitai_hosts()[3:],
-                            hf_hosts=self.settings.hf_hosts()[2:])
+        return parse_source(source, civitai_hosts=(host_of(self.settings.civitai_endpoint),),
+                            hf_hosts=(host_of(self.settings.hf_endpoint),))
 
     def known_sha256(self, source: str) -> str | None:
         """The SHA-256 ``source`` resolved to before, without network access (None when unknown)."""
@@ -166,10 +166,11 @@ class Fetcher:
             wanted = wanted or ref.value.lower()
         if self.index is not None:
             local = self._local(wanted and ("sha256", wanted.upper()), roots, scan=isinstance(ref, HashRef))
+            sha = wanted.lower() if local is not None else None
             if local is None and isinstance(ref, HashRef) and ref.kind != "sha256":
                 local = self._local((ref.kind, ref.value), roots, scan=True)
             if local is not None:
-                return self._found(local, roots, text, notes, "index", filename, ref)
+                return self._found(local, roots, text, notes, "index", filename, ref, sha)
 
         log.info("resolving %s", describe(ref) if not hasattr(ref, "url") else for_log(ref.url))
         try:
@@ -187,7 +188,7 @@ class Fetcher:
         if plan.expected_sha256 and self.index is not None:
             local = self._local(("sha256", plan.expected_sha256.upper()), roots, scan=False)
             if local is not None:
-                result = self._found(local, roots, text, notes, "index", filename, ref)
+                result = self._found(local, roots, text, notes, "index", filename, ref, plan.expected_sha256)
                 result.provenance = plan.provenance
                 self._remember(text, result)
                 return result
@@ -212,9 +213,12 @@ class Fetcher:
         return hits[0] if hits else None
 
     def _found(self, path: str, roots: list[str], text: str, notes: list[str], how: str,
-               filename: str | None = None, ref=None) -> FetchResult:
+               filename: str | None = None, ref=None, sha: str | None = None) -> FetchResult:
+        """A local hit; ``sha``: its SHA-256 when the lookup was by SHA-256 (else it is read from the
+        index, which hashes the file only if it has no complete row for it)."""
         root, name = _relative(path, roots)
-        sha = self.index.hashes_for(path).sha256.lower() if self.index is not None else None
+        if sha is None and self.index is not None:
+            sha = self.index.hashes_for(path).sha256.lower()
         prov = dict((self.index.provenance(sha) or {}) if (self.index is not None and sha) else {})
         if isinstance(ref, UrlRef):
             prov["url"] = for_log(ref.url)  # the URL given now, not the one this content came from before

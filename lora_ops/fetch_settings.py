@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlsplit
 
-from .netguard import CIVITAI_HOSTS, HF_HOSTS
+from .netguard import CIVITAI_HOSTS, HF_HOSTS, host_of
 
 SETTINGS_FILE = "settings.json"
 
@@ -57,18 +57,14 @@ class FetchSettings:
 
     def civitai_hosts(self) -> tuple[str, ...]:
         """Hosts whose URLs are read as Civitai's: the Civitai family and the configured endpoint's host."""
-        return CIVITAI_HOSTS + ((_host(self.civitai_endpoint),) if _host(self.civitai_endpoint) else ())
+        return CIVITAI_HOSTS + tuple(h for h in (host_of(self.civitai_endpoint),) if h)
 
     def hf_hosts(self) -> tuple[str, ...]:
         """Hosts whose URLs are read as Hugging Face's: huggingface.co, hf.co and the configured endpoint's host."""
-        return HF_HOSTS + ((_host(self.hf_endpoint),) if _host(self.hf_endpoint) else ())
+        return HF_HOSTS + tuple(h for h in (host_of(self.hf_endpoint),) if h)
 
     def with_overrides(self, **changes) -> FetchSettings:
         return replace(self, **changes)
-
-
-def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
 
 
 def _checked(path: str, data: dict) -> dict:

@@ -26,7 +26,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .fetch_settings import FetchSettings
-from .netguard import UnsafeError, for_log, is_loopback_host, vet_address
+from .netguard import UnsafeError, for_log, host_of, is_loopback_host, vet_address
 
 log = logging.getLogger("lora_workbench.fetch")
 
@@ -92,18 +92,15 @@ HF_TOKEN_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
 def token_for(url: str, settings: FetchSettings) -> str | None:
     """The token for ``url``: the Civitai token for Civitai's own API hosts (and the configured
     endpoint's host), the Hugging Face token for huggingface.co/hf.co (and its endpoint's), else None."""
-    host = (urlsplit(url).hostname or "").lower().rstrip(".")
-    civitai = CIVITAI_TOKEN_HOSTS + (_host(settings.civitai_endpoint),)
-    hf = HF_TOKEN_HOSTS + (_host(settings.hf_endpoint),)
+    host = host_of(url).rstrip(".")
+    civitai = CIVITAI_TOKEN_HOSTS + (host_of(settings.civitai_endpoint),)
+    hf = HF_TOKEN_HOSTS + (host_of(settings.hf_endpoint),)
     if settings.civitai_token and host in civitai:
         return settings.civitai_token
     if settings.hf_token and host in hf:
         return settings.hf_token
     return None
 
-
-def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
 
 
 class Client:

@@ -36,6 +36,14 @@ class UnsafeError(ValueError):
     """A URL, address or file name refused by the safety rules; the message says why and the fix."""
 
 
+def host_of(url: str) -> str:
+    """The lower-case host name of ``url`` ("" when it has none)."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
 def host_matches(host: str, family: tuple[str, ...]) -> bool:
     """True when ``host`` is one of ``family`` or a subdomain of one (case-insensitive)."""
     host = host.lower().rstrip(".")

@@ -238,6 +238,18 @@ def _hf_url(segs: list[str]) -> HFRef | None:
     return None
 
 
+def is_remote(source: str) -> bool:
+    """Whether ``source`` must be fetched (anything but a plain file name). A malformed remote
+    form counts as remote, so that fetching reports what is wrong with it; empty is not."""
+    text = (source or "").strip()
+    if not text:
+        return False
+    try:
+        return not isinstance(parse_source(text).ref, LocalRef)
+    except SourceError:
+        return True
+
+
 def describe(ref: Ref) -> str:
     """A short human description of ``ref`` for reports."""
     if isinstance(ref, LocalRef):

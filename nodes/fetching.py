@@ -20,6 +20,7 @@ import folder_paths
 from ..lora_ops.fetch import Fetcher, FetchResult
 from ..lora_ops.fetch_settings import load_settings
 from ..lora_ops.hash_index import HashIndex
+from ..lora_ops.source_ref import is_remote
 
 log = logging.getLogger("lora_workbench")
 
@@ -84,9 +85,9 @@ def fetch_source(folder: str, source: str, filename: str | None = None,
     if folder in NOT_MODEL_FOLDERS or folder not in folder_paths.folder_names_and_paths:
         raise ValueError(f"directory {folder!r} is not a ComfyUI model folder; choose one of: "
                          f"{', '.join(model_folders())}.")
-    from .sources import _REMOTE, resolve_local
+    from .sources import resolve_local
 
-    if not _REMOTE.match(source.strip()):
+    if not is_remote(source):
         # A plain name: found the way ComfyUI's loaders find it, with "Did you mean" when it is not.
         path = resolve_local(folder, source)
         roots = folder_paths.get_folder_paths(folder)
@@ -152,11 +153,11 @@ class Resolved:
     resolved to when it was remote)."""
 
     def __init__(self, folder: str, source: str):
-        from .sources import _REMOTE, resolve_local
+        from .sources import resolve_local
 
         name = source.strip()
         self.label, self.models, self.report, self.fetched = name, [], None, []
-        if not _REMOTE.match(name):
+        if not is_remote(name):
             self.path = resolve_local(folder, name)
             return
         result = fetch_source(folder, name)

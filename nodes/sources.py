@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 
 import folder_paths
 
-# The remote forms DESIGN.md lists (and other URL schemes), recognised so that the error
-# says what they are.
-_REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|urn:air:|air:|civitai:|sha256:|autov1:|autov2:|autov3:|crc32:)",
-                     re.IGNORECASE)
+from ..lora_ops.source_ref import is_remote
 
 
 class SourceError(ValueError):
@@ -31,7 +27,7 @@ def resolve_local(folder: str, source: str) -> str:
     name = (source or "").strip()
     if not name:
         raise SourceError(f"No {folder} file given: set source to a file name from the {folder} folder.")
-    if _REMOTE.match(name):
+    if is_remote(name):
         from .fetching import fetch_source
 
         return fetch_source(folder, name).path
@@ -75,7 +71,7 @@ def file_fingerprint(folders: str | tuple[str, ...], source: str) -> tuple:
     (execution then reports why). ``folders``: one model folder name or several, in order."""
     if not isinstance(source, str):
         return (source,)  # fed by a link: decided when it runs
-    if _REMOTE.match(source.strip()):
+    if is_remote(source):
         # Never the network here: the content hash this source had last time, else the text.
         from .fetching import known_sha256
 

@@ -14,7 +14,8 @@ or every time with ``drop_always``), ``stall_after`` bytes for ``stall_s`` secon
 new one is issued by the API), ``status`` (answer that status, e.g. 429/503, ``status_times``
 times, with ``retry_after``), ``throttle_s`` (sleep after each MiB sent), ``always_416``,
 ``range_offset`` (answer a Range request from a later byte than asked), ``gzip`` (claim a
-Content-Encoding), ``no_etag``.
+Content-Encoding), ``no_etag``, ``no_length`` (no Content-Length: the body ends when the
+connection closes), ``listed_size`` (the size Hugging Face's HEAD announces, instead of the real one).
 """
 
 from __future__ import annotations
@@ -299,7 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
         b = hub.blobs[bid]
         self._send(302, b"", {"Location": f"{hub.storage_base}/obj/{b.id}?sig={hub.signature}",
                               "X-Repo-Commit": hub.hf_commit, "X-Linked-Etag": f'"{b.sha256()}"',
-                              "X-Linked-Size": str(b.size), "ETag": f'"{b.sha256()}"'})
+                              "X-Linked-Size": str(hub.faults.get(b.id, {}).get("listed_size", b.size)),
+                              "ETag": f'"{b.sha256()}"'})
 
     def _storage(self, url) -> None:
         hub = self.hub
@@ -338,6 +340,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
                 status = 206
         headers = {"Accept-Ranges": "bytes", "Content-Length": str(size - start)}
+        if fault.get("no_length"):  # a body without a length, ended by closing the connection
+            headers = {"Connection": "close"}
+            self.close_connection = True
         if etag:
             headers["ETag"] = etag
         if status == 206:

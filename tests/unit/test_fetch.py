@@ -378,9 +378,9 @@ def test_compressed_and_empty_answers_are_refused(hub, tmp_path):
 
 def test_more_bytes_than_the_host_lists_are_cut_off(hub, tmp_path):
     hub.add_hf("org/big", "x.safetensors", "a")
-    real_size = hub.blobs["a"].size
-    hub.blobs["a"].data += b"\0" * 2_000_000  # the storage now sends more than the HEAD's X-Linked-Size...
-    hub._sizes = real_size
-    with pytest.raises(FetchError):
+    # The HEAD announces 1000 bytes; the storage sends the whole file with no length, so only
+    # the cap at the announced size stops it.
+    hub.fault("a", listed_size=1000, no_length=True)
+    with pytest.raises(FetchError, match="sent more than the 1000 bytes the host lists"):
         fetch(hub, tmp_path, "hf://org/big/x.safetensors")
     assert listing(tmp_path) == []

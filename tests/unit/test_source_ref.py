@@ -181,3 +181,11 @@ def test_retry_after_garbage_falls_back_to_backoff():
     c = Client(FetchSettings(backoff_s=1.0))
     assert 0.5 <= c.backoff_s(0, "garbage") <= 1.5
     assert c.backoff_s(0, "1e9") == 120.0 and c.backoff_s(0, "nan") <= 1.5
+
+
+@pytest.mark.parametrize("text,remote", [("style/a.safetensors", False), ("", False), ("hf://o/r/x.safetensors", True),
+                                         ("sha256:abc", True), ("civitai:1@2", True), ("https://x.org/a", True)])
+def test_is_remote_follows_the_parser(text, remote):
+    from lora_ops.source_ref import is_remote
+
+    assert is_remote(text) is remote  # a malformed remote form counts as remote, so fetching explains it
