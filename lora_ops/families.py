@@ -1,0 +1,2 @@
+def layout_of(shapes):
+    return []
