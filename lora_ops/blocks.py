@@ -44,16 +44,7 @@ import math
 import re
 from dataclasses import dataclass
 
-_UNET = re.compile(r"^(input_blocks|middle_block|output_blocks)\.([0-9]+)\.")
-_DIT = re.compile(
-    r"^(double_blocks|single_blocks|joint_blocks|blocks|transformer_blocks|layers)\.([0-9]+)\.")
-_DIT_PREFIX = {"double_blocks": "D", "single_blocks": "S", "joint_blocks": "J",
-               "blocks": "B", "transformer_blocks": "B", "layers": "B"}
-_INPUT_LAYERS = ("time_embed.", "label_emb.", "img_in.", "txt_in.", "time_in.", "vector_in.",
-                 "guidance_in.", "x_embedder.", "context_embedder.", "t_embedder.", "y_embedder.",
-                 "pos_embed", "patch_embedding.", "text_embedding.", "time_embedding.",
-                 "time_projection.", "cap_embedder.", "time_text_embed.", "txt_norm.")
-_OUTPUT_LAYERS = ("out.", "final_layer.", "norm_out.", "proj_out.", "head.")
+from .block_names import model_block_of
 
 MODEL_PREFIX = "diffusion_model."
 
@@ -73,34 +64,39 @@ def block_of(weight_key: str | tuple) -> str:
     key = weight_key[0] if isinstance(weight_key, tuple) else weight_key
     if not key.startswith(MODEL_PREFIX):
         return "TE." + key.split(".", 1)[0]
-    rest = key[len(MODEL_PREFIX):]
-    m = _UNET.match(rest)
-    if m:
-        kind, n = m.group(1), int(m.group(2))
-        return "M00" if kind == "middle_block" else f"{'IN' if kind == 'input_blocks' else 'OUT'}{n:02d}"
-    m = _DIT.match(rest)
-    if m:
-        return f"{_DIT_PREFIX[m.group(1)]}{int(m.group(2)):02d}"
-    if rest.startswith(_INPUT_LAYERS):
-        return "IN"
-    if rest.startswith(_OUTPUT_LAYERS):
-        return "OUT"
-    return "OTHER"
+    return model_block_of(key[len(MODEL_PREFIX):])
 
 
-_ID_RE = re.compile(r"^([A-Za-z]+)([0-9]+)$")
+# A numbered id: its prefix (letters, plus ``<level>_`` for Stable Cascade's level stacks)
+# and its index: ``IN04`` -> ("IN", "04"), ``D1_05`` -> ("D1_", "05").
+_ID_RE = re.compile(r"^([A-Za-z]+(?:[0-9]+_)?)([0-9]+)$")
+
+# Reading order of the stacks: input side, UNet blocks, refiners and encoders that run before
+# the main stack, the main stacks, what runs beside or after them, output layers.
+_STACK_RANK = {"IN": 1, "M": 2, "OUT": 3, "L": 4, "NR": 5, "CR": 5, "RR": 5, "D": 6, "S": 7, "J": 6, "B": 6,
+               "V": 8, "A": 8, "F": 8, "P": 8, "NB": 9, "DS": 6, "U": 7, "US": 7, "UR": 7}
+
+
+def id_prefix(block_id: str) -> str | None:
+    """The stack prefix of a numbered id (``D07`` -> ``D``, ``D1_05`` -> ``D1_``), or None
+    for an id outside the numbered stacks (``IN``, ``OUT``, ``OTHER``, ``TE.*``)."""
+    m = _ID_RE.match(block_id)
+    return m.group(1) if m else None
 
 
 def sort_key(block_id: str) -> tuple:
     """Order ids the way a user reads a model: embedders, blocks in depth order, outputs,
-    text encoders last (``IN < IN00 < ... < M00 < OUT00 < ... < OUT < D00 ... < TE.*``)."""
+    text encoders last (``IN < IN00 < ... < M00 < OUT00 < ... < NR00 < D00 < S00 ... < OUT
+    < TE.*``)."""
     if block_id.startswith("TE"):
-        return (9, block_id, 0)
+        return (12, block_id, 0, 0)
     m = _ID_RE.match(block_id)
-    family_rank = {"IN": 1, "M": 2, "OUT": 3, "D": 4, "S": 5, "J": 4, "B": 4}
     if m:
-        return (family_rank.get(m.group(1), 6), m.group(1), int(m.group(2)))
-    return ({"IN": 0, "OUT": 7}.get(block_id, 8), block_id, 0)
+        letters = re.match(r"[A-Za-z]+", m.group(1)).group(0)
+        level = int(m.group(1)[len(letters):-1] or 0) if m.group(1).endswith("_") else -1
+        return (_STACK_RANK.get(letters, 8) + 0.5 * (letters not in ("IN", "M", "OUT")), letters, level,
+                int(m.group(2)))
+    return ({"IN": 0, "OUT": 10}.get(block_id, 11), block_id, 0, 0)
 
 
 class BlockSpecError(ValueError):
@@ -253,7 +249,7 @@ def _normalise_selector(sel: str) -> str:
     sel = sel.replace("\u2013", "-").replace("\u2014", "-")
 
     def fix(part: str) -> str:
-        m = re.match(r"^([A-Za-z]+)([0-9]+)$", part.strip())
+        m = _ID_RE.match(part.strip())
         return f"{m.group(1).upper()}{int(m.group(2)):02d}" if m else part.strip()
 
     if "-" in sel and not sel.upper().startswith("TE"):
@@ -264,9 +260,16 @@ def _normalise_selector(sel: str) -> str:
 
 def _select(sel: str, ids: list[str], token: str) -> tuple[int, list[str]]:
     upper_ids = {b.upper(): b for b in ids}
-    if sel.upper() == "TE" or sel.endswith("*"):
+    if sel.upper() == "TE" or (sel.endswith("*") and sel.upper().startswith("TE")) or sel == "*":
         prefix = (sel[:-1] if sel.endswith("*") else sel).upper()
         matched = [b for b in ids if b.upper().startswith(prefix)]
+        specificity = 1
+    elif sel.endswith("*"):
+        # One stack: the numbered ids of exactly this prefix (IN* is IN00.., not the
+        # embedders' IN; D* is every down level of Stable Cascade, D1_* one level).
+        want = sel[:-1].upper()
+        matched = [b for b in ids if (m := _ID_RE.match(b)) and want in (
+            m.group(1).upper(), re.match(r"[A-Za-z]+", m.group(1)).group(0).upper())]
         specificity = 1
     elif "-" in sel:
         lo, _, hi = (s.strip().upper() for s in sel.partition("-"))

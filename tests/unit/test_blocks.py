@@ -56,7 +56,8 @@ def test_named_spec_with_ranges_wildcards_negatives_and_precedence():
     assert [r[f"IN{i:02d}"] for i in range(4, 9)] == [0, -1, 0, 0, 0]
     assert r["M00"] == 1
     assert r["OUT03"] == r["OUT05"] == 0.8            # range beats wildcard whatever the order
-    assert r["OUT00"] == r["OUT11"] == r["OUT"] == 0.25
+    assert r["OUT00"] == r["OUT11"] == 0.25
+    assert r["OUT"] == 0.5                            # OUT* is the numbered output blocks only
     assert r["TE.clip_l"] == 0
     assert parse_spec(spec.canonical(), SD15_IDS).ratios == r
 
