@@ -67,7 +67,7 @@ INPUT_LAYERS = (
     "effnet_mapper.", "pixels_mapper.",
     # Stable Audio
     "preprocess_conv.", "timestep_features.", "to_cond_embed.", "to_global_embed.", "to_timestep_embed.",
-    "transformer.project_in.",
+    "transformer.project_in.", "transformer.rotary_pos_emb.",
     # AuraFlow
     "cond_seq_linear.", "init_x_linear.", "positional_encoding", "register_tokens",
     # PixArt, Hunyuan-DiT, Mochi, LTXV, HunyuanVideo 1.5 / HunyuanImage
@@ -75,12 +75,14 @@ INPUT_LAYERS = (
     "text_embedding_padding", "pos_frequencies", "t5_y_embedder.", "t5_yproj.", "adaln_single.",
     "caption_projection.", "patchify_proj.", "byt5_in.", "cond_type_embedding.", "vision_in.",
     # Cosmos, Lumina 2 / Z-Image, Hunyuan3D, HiDream
-    "extra_pos_embedder.", "cap_pad_token", "x_pad_token", "latent_in.", "cond_in.", "p_embedder.",
+    "extra_pos_embedder.", "affline_norm.", "t_embedding_norm.", "cap_pad_token", "x_pad_token", "latent_in.",
+    "cond_in.", "p_embedder.",
     # Wan: image/VACE/pose embeddings, camera, audio and face conditioning encoders
     "img_emb.", "vace_patch_embedding.", "pose_patch_embedding.", "control_adapter.", "casual_audio_encoder.",
     "cond_encoder.", "frame_packer.", "trainable_cond_mask.", "audio_proj.", "face_encoder.", "motion_encoder.",
     # Chroma Radiance, ACE-Step, OmniGen2
     "img_in_patch.", "nerf_image_embedder.", "genre_embedder.", "lyric_embs.", "lyric_encoder.embed.",
+    "lyric_encoder.after_norm.",
     "lyric_proj.", "proj_in.", "speaker_embedder.", "timestep_embedder.", "image_index_embedding",
     "ref_image_patch_embedder.", "time_caption_embed.",
 )
@@ -89,7 +91,7 @@ INPUT_LAYERS = (
 OUTPUT_LAYERS = (
     "out.", "final_layer.", "norm_out.", "proj_out.", "head.",
     "clf.", "postprocess_conv.", "transformer.project_out.", "final_linear.", "modF.", "scale_shift_table",
-    "nerf_final_layer_conv.", "nerf_final_layer.",
+    "nerf_final_layer_conv.", "nerf_final_layer.", "norm_final.",
 )
 
 _UNET = re.compile(r"^(input_blocks|middle_block|output_blocks)\.([0-9]+)\.")
