@@ -9,6 +9,7 @@ from ..lora_ops.blocks import block_of, sort_key
 from ..lora_ops.plot import heat_strip
 from .compat import inp, io, out, schema
 from .fetching import record_for, resolve_with_models
+from .host_families import model_blocks
 from .load_lora import lora_source_input
 from .lora_apply import load_lora_file, prepare_lora
 from .patch_check import split_patch_key
@@ -84,4 +85,5 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
         summary = {"name": name, "summary": f"{prepared.report.applied} modules in {len(norms)} blocks",
                    "warning": prepared.report.summary()["warning"]}
         return io.NodeOutput("\n".join(lines), plot,
-                             ui=ui_output([summary], models, plot, text="\n".join(lines), fetched=src.fetched))
+                             ui=ui_output([summary], models, plot, text="\n".join(lines), fetched=src.fetched,
+                                          blocks=model_blocks(model, clip)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 import comfy.ops
 import comfy.supported_models
@@ -79,6 +80,15 @@ def model_classes() -> list:
     return list(comfy.supported_models.models)
 
 
+class _ThreadFilter(logging.Filter):
+    def __init__(self, thread: int):
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno >= logging.WARNING
+
+
 def model_family(model) -> tuple[str, str]:
     """``(family key, label)`` of a MODEL (a ModelPatcher): the host class it was loaded as,
     named as in :data:`FULL_SIZE`, or the class name for a class not described there."""
@@ -93,8 +103,20 @@ LEGACY_KEYS = {"SD15": "sd1", "SDXL": "sdxl", "Flux": "flux"}
 _LEGACY_TE = {"sd1": ["TE.clip_l"], "sdxl": ["TE.clip_g", "TE.clip_l"], "flux": ["TE.clip_l", "TE.t5xxl"]}
 
 
+def model_blocks(model, clip=None) -> dict:
+    """What the block editor shows for a connected MODEL (and CLIP): ``{"family", "label",
+    "groups", "presets"}`` with the block ids of its own weights (cached per model object)."""
+    from .lora_apply import _structure  # the same cached ids the LoRA nodes apply specs to
+
+    ids = set(_structure(model.model, True).block_ids)
+    if clip is not None:
+        ids |= _structure(clip.cond_stage_model, False).block_ids
+    key, label = model_family(model)
+    return {"family": key, **describe(ids, label)}
+
+
 def describe(ids, label: str) -> dict:
-    """``{"label", "groups", "presets", "ids"}`` of a model whose block ids are ``ids``."""
+    """``{"label", "groups", "presets"}`` of a model whose block ids are ``ids``."""
     ids = sorted(set(ids))
     return {"label": label, "groups": layout_of(ids), "presets": family_presets(ids)}
 
@@ -109,21 +131,25 @@ def family_layouts() -> dict[str, dict]:
     out (the full-size test reports them) and logged."""
     out: dict[str, dict] = {}
     log = logging.getLogger("lora_workbench")
-    previous = logging.root.manager.disable
-    for cls in model_classes():
-        try:
-            configs = configs_of(cls)
-        except UnknownFamilyError as e:
-            log.warning("LoRA Workbench: %s", e)
-            continue
-        for i, (label, config) in enumerate(configs):
-            logging.disable(logging.INFO)  # the host logs two lines per model it builds
+    # The host logs two lines per model it builds; drop this thread's (only), so a prompt
+    # running meanwhile keeps its log.
+    me = threading.get_ident()
+    quiet = _ThreadFilter(me)
+    handlers = logging.root.handlers
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        for cls in model_classes():
             try:
-                model = build_meta(cls, config)
-            finally:
-                logging.disable(previous)
-            ids = {block_of(k) for k in weight_shapes(model)}
-            key = LEGACY_KEYS.get(cls.__name__, cls.__name__) if i == 0 else f"{cls.__name__}:{i}"
-            out[key] = describe(ids | set(_LEGACY_TE.get(key, [])), label)
-            del model
+                configs = configs_of(cls)
+            except UnknownFamilyError as e:
+                log.warning("LoRA Workbench: %s", e)
+                continue
+            for i, (label, config) in enumerate(configs):
+                ids = {block_of(k) for k in weight_shapes(build_meta(cls, config))}
+                key = LEGACY_KEYS.get(cls.__name__, cls.__name__) if i == 0 else f"{cls.__name__}:{i}"
+                out[key] = describe(ids | set(_LEGACY_TE.get(key, [])), label)
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .compat import inp, io, out, schema
 from .fetching import record_for, resolve_with_models
+from .host_families import model_blocks
 from .lora_apply import apply_lora, load_lora_file
 from .sources import file_fingerprint
 from .ui_results import ui_output
@@ -66,4 +67,5 @@ class WorkbenchLoadLora(io.ComfyNode):
         record_for(cls, src.models)
         text = report.text() if src.report is None else f"{src.report}\n{report.text()}"
         return io.NodeOutput(new_model, new_clip, text,
-                             ui=ui_output([report.summary()], src.models, text=text, fetched=src.fetched))
+                             ui=ui_output([report.summary()], src.models, text=text, fetched=src.fetched,
+                                          blocks=model_blocks(model, clip)))

@@ -7,6 +7,7 @@ from ..lora_ops.safetensors_io import SafetensorsError
 from ..lora_ops.stack import StackError, parse_rows, rows_from_lora_stack, to_lora_stack
 from .compat import inp, io, out, schema
 from .fetching import record_for, resolve_with_models
+from .host_families import model_blocks
 from .lora_apply import LoraApplyError, add_prepared, load_lora_file, prepare_lora
 from .sources import file_fingerprint
 from .ui_results import ui_output
@@ -120,4 +121,5 @@ class WorkbenchApplyLoraStack(io.ComfyNode):
         if not prepared:
             lines.append("no row is on: the model is unchanged")
         return io.NodeOutput(new_model, new_clip, "\n".join(lines),
-                             ui=ui_output([p.report.summary() for p in prepared], text="\n".join(lines)))
+                             ui=ui_output([p.report.summary() for p in prepared], text="\n".join(lines),
+                                          blocks=model_blocks(model, clip)))

@@ -8,6 +8,9 @@
   "how", "sha256"}``, ``how`` being "download", "index" or "local"), for reports and the demo;
 * ``workbench_text``: the node's full report, shown folded on the node (core's Preview as Text
   renders Markdown, which joins the report's lines);
+* ``workbench_blocks``: the connected model's family and its block ids grouped by stack, with
+  the family's presets (``[{"family", "label", "groups", "presets"}]``), so the block editor
+  shows the real ids after a run (``web/js/block_editor.js``);
 * ``images``: a plot saved as a temporary preview, which the frontend shows on the node itself.
 """
 
@@ -20,7 +23,8 @@ MODELS_KEY = "workbench_models"
 
 
 def ui_output(reports: list[dict] | None = None, models: list[dict] | None = None, image=None,
-              text: str | None = None, fetched: list[dict] | None = None) -> dict | None:
+              text: str | None = None, fetched: list[dict] | None = None,
+              blocks: dict | None = None) -> dict | None:
     """The ``ui=`` dict for ``io.NodeOutput`` (None when there is nothing to show).
     ``image``: an IMAGE tensor [B, H, W, 3] float32 in 0..1 to preview on the node."""
     out: dict = {}
@@ -32,6 +36,8 @@ def ui_output(reports: list[dict] | None = None, models: list[dict] | None = Non
         out["workbench_fetched"] = fetched
     if text:
         out["workbench_text"] = [text]
+    if blocks:
+        out["workbench_blocks"] = [blocks]
     if image is not None:
         out.update(ui.PreviewImage(image).as_dict())
     return out or None

@@ -1,11 +1,13 @@
 """HTTP routes for the pack's editors in the browser (same server, JSON only, nothing written).
 
-* ``GET /lora_workbench/blocks``: the block layouts the block editor offers (per model family,
-  groups of block ids in reading order) and the preset names the spec parser knows.
-* ``POST /lora_workbench/spec`` ``{"text", "family"}``: parse a spec in any notation (named,
-  A1111 vector, A1111/Inspire preset, Inspire ``%``) with the same parser the nodes use; answers
+* ``GET /lora_workbench/blocks``: every model family the host loads (its full-size model's
+  block ids grouped by stack and its presets, ``nodes/host_families.py``; computed from meta
+  models on the first request, then cached) and the preset names the spec parser knows.
+* ``POST /lora_workbench/spec`` ``{"text", "family"}`` or ``{"text", "ids"}``: parse a spec in
+  any notation (named, A1111 vector, A1111/Inspire preset, Inspire ``%``) with the same parser
+  the nodes use, for a family or for the ids a node reported for its connected model; answers
   ``{"ratios": {id: value}, "canonical": text}`` or 400 ``{"error": message}``.
-* ``POST /lora_workbench/spec/format`` ``{"ratios", "family"}``: the canonical text of a table.
+* ``POST /lora_workbench/spec/format`` ``{"ratios", "family" | "ids"}``: the canonical text of a table.
 
 The routes only compute: they read no file and change nothing, so they need no CSRF defence
 beyond ComfyUI's own origin check.
@@ -13,38 +15,46 @@ beyond ComfyUI's own origin check.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 
 from aiohttp import web
 
 from ..lora_ops.block_formats import preset_names
 from ..lora_ops.block_spec import parse_spec
 from ..lora_ops.blocks import MAX_RATIO, BlockSpecError, canonical_text
+from .host_families import family_layouts
+
+_layouts_task: asyncio.Future | None = None
 
 
-def _r(prefix: str, lo: int, hi: int) -> list[str]:
-    return [f"{prefix}{i:02d}" for i in range(lo, hi + 1)]
+async def families() -> dict[str, dict]:
+    """The host's families (:func:`host_families.family_layouts`), built once in a worker
+    thread so the server keeps answering meanwhile."""
+    global _layouts_task
+    if _layouts_task is None:
+        _layouts_task = asyncio.get_running_loop().run_in_executor(None, family_layouts)
+    return await asyncio.shield(_layouts_task)
 
 
-# Block ids as the nodes derive them from each family's weight names (lora_ops.blocks).
-FAMILIES: dict[str, dict] = {
-    "sd1": {"label": "SD 1.x / 2.x (UNet)", "groups": [
-        ["Text encoder", ["TE.clip_l"]], ["Input", _r("IN", 0, 11)], ["Middle", ["M00"]],
-        ["Output", _r("OUT", 0, 11)], ["Outside blocks", ["IN", "OUT"]]]},
-    "sdxl": {"label": "SDXL (UNet)", "groups": [
-        ["Text encoders", ["TE.clip_g", "TE.clip_l"]], ["Input", _r("IN", 0, 8)], ["Middle", ["M00"]],
-        ["Output", _r("OUT", 0, 8)], ["Outside blocks", ["IN", "OUT"]]]},
-    "flux": {"label": "Flux (DiT)", "groups": [
-        ["Text encoders", ["TE.clip_l", "TE.t5xxl"]], ["Double blocks", _r("D", 0, 18)],
-        ["Single blocks", _r("S", 0, 37)], ["Outside blocks", ["IN", "OUT"]]]},
-}
+_ID = re.compile(r"^(?:[A-Za-z]+(?:[0-9]+_)?[0-9]*|TE\.[A-Za-z0-9_.-]+)$")
 
 
-def family_ids(family: str) -> list[str]:
-    fam = FAMILIES.get(family)
-    if fam is None:
-        raise KeyError(family)
-    return [bid for _label, ids in fam["groups"] for bid in ids]
+async def ids_of(body: dict) -> list[str]:
+    """The block ids a request is about: its ``ids`` (as a node reported them) or those of
+    its ``family``. Raises ValueError with the message for the user."""
+    ids = body.get("ids")
+    if ids is not None:
+        if (not isinstance(ids, list) or not 0 < len(ids) <= 4000
+                or not all(isinstance(b, str) and len(b) <= 80 and _ID.match(b) for b in ids)):
+            raise ValueError("ids must be a list of block ids such as [\"IN\", \"D00\", \"TE.clip_l\"]")
+        return ids
+    fams = await families()
+    family = str(body.get("family", "sd1"))
+    if family not in fams:
+        raise ValueError(f"unknown family {family!r}; use one of {', '.join(fams)}")
+    return [bid for _label, members in fams[family]["groups"] for bid in members]
 
 
 def _bad(message: str) -> web.Response:
@@ -66,17 +76,19 @@ def register(routes: web.RouteTableDef) -> None:
 
     @routes.get("/lora_workbench/blocks")
     async def blocks(_request: web.Request) -> web.Response:
-        return web.json_response({"families": FAMILIES, "presets": preset_names(), "max_ratio": MAX_RATIO})
+        return web.json_response({"families": await families(), "presets": preset_names(),
+                                  "max_ratio": MAX_RATIO})
 
     @routes.post("/lora_workbench/spec")
     async def spec(request: web.Request) -> web.Response:
         body = await _json_body(request)
         if body is None or not isinstance(body.get("text", ""), str):
-            return _bad("send JSON {\"text\": spec, \"family\": \"sd1\" | \"sdxl\" | \"flux\"}")
+            return _bad("send JSON {\"text\": spec, \"family\": \"sd1\" | \"sdxl\" | \"flux\" | ...} "
+                        "or {\"text\": spec, \"ids\": [block ids]}")
         try:
-            ids = family_ids(str(body.get("family", "sd1")))
-        except KeyError:
-            return _bad(f"unknown family {body.get('family')!r}; use one of {', '.join(FAMILIES)}")
+            ids = await ids_of(body)
+        except ValueError as e:
+            return _bad(str(e))
         try:
             parsed = parse_spec(body.get("text", "")[:4000], ids)
         except BlockSpecError as e:
@@ -90,9 +102,9 @@ def register(routes: web.RouteTableDef) -> None:
         if not isinstance(ratios, dict):
             return _bad("send JSON {\"ratios\": {block id: value}}")
         try:
-            ids = set(family_ids(str(body.get("family", "sd1"))))
-        except KeyError:
-            return _bad(f"unknown family {body.get('family')!r}; use one of {', '.join(FAMILIES)}")
+            ids = set(await ids_of(body))
+        except ValueError as e:
+            return _bad(str(e))
         clean = {}
         for bid, v in ratios.items():
             if bid not in ids or isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= MAX_RATIO:
