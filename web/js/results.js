@@ -19,7 +19,13 @@ function entryElement(entry) {
     warn ? el("div", { className: "wb-warning-text", textContent: entry.warning }) : null);
 }
 
-export function showResults(node, entries, fullText) {
+function familyLine(info) {
+  const stacks = info.groups.filter(([label]) => !/layers|Text encoders/.test(label))
+    .map(([label, ids]) => `${ids.length} ${label.toLowerCase()}`).join(" + ");
+  return el("div", { className: "wb-model-family", textContent: `Model: ${info.label}${stacks ? ` · ${stacks}` : ""}` });
+}
+
+export function showResults(node, entries, fullText, blocksInfo = null) {
   injectStyle();
   let widget = widgetByName(node, "workbench_results");
   if (!widget) {
@@ -36,7 +42,8 @@ export function showResults(node, entries, fullText) {
     ? el("details", { className: "wb-details" }, el("summary", { textContent: "Full report" }),
       el("pre", { textContent: fullText }))
     : null;
-  widget.element.replaceChildren(...entries.map(entryElement), ...(details ? [details] : []));
+  widget.element.replaceChildren(...(blocksInfo?.groups ? [familyLine(blocksInfo)] : []),
+    ...entries.map(entryElement), ...(details ? [details] : []));
   // Opening the full report makes room for it; closing it leaves the node as the user sized it.
   details?.addEventListener("toggle", () => {
     if (details.open) node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1] + 36)]);
@@ -52,7 +59,7 @@ api.addEventListener("executed", ({ detail }) => {
   const entries = detail?.output?.workbench_report;
   if (!Array.isArray(entries) || !entries.length) return;
   const node = nodeFor(detail.node);
-  if (node) showResults(node, entries, detail.output.workbench_text?.[0]);
+  if (node) showResults(node, entries, detail.output.workbench_text?.[0], detail.output.workbench_blocks?.[0]);
 });
 
 app.registerExtension({ name: "LoraWorkbench.Results" });

@@ -102,7 +102,7 @@ function attachStackEditor(node) {
     sm.addEventListener("change", () => set("strength_model", num(Number(sm.value), 1)));
     sc.addEventListener("change", () => set("strength_clip", num(Number(sc.value), 1)));
     blocks.addEventListener("change", () => set("blocks", blocks.value.trim()));
-    edit.addEventListener("click", () => openBlockEditor({ spec: row.blocks ?? "",
+    edit.addEventListener("click", () => openBlockEditor({ spec: row.blocks ?? "", node,
       title: `Block weights: ${row.lora || "row " + (i + 1)}`, onApply: (text) => set("blocks", text) }));
     const move = (j) => { const next = [...rows]; [next[i], next[j]] = [next[j], next[i]]; write(next); };
     up.addEventListener("click", () => move(i - 1));
@@ -210,7 +210,7 @@ function attachBlocksButton(node) {
   const blocks = widgetByName(node, "blocks");
   if (!blocks || widgetByName(node, "workbench_edit_blocks")) return;
   const button = node.addWidget("button", "workbench_edit_blocks", null, () => openBlockEditor({
-    spec: blocks.value ?? "", title: "Block weights",
+    spec: blocks.value ?? "", title: "Block weights", node,
     onApply: (text) => { blocks.value = text; blocks.callback?.(text); node.graph?.change?.(); },
   }), { serialize: false });
   button.label = "Edit blocks…";
