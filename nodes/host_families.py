@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 
 import comfy.ops
@@ -91,10 +92,12 @@ class _ThreadFilter(logging.Filter):
 
 def model_family(model) -> tuple[str, str]:
     """``(family key, label)`` of a MODEL (a ModelPatcher): the host class it was loaded as,
-    named as in :data:`FULL_SIZE`, or the class name for a class not described there."""
+    named as in :data:`FULL_SIZE` without the size (a class covers several sizes: "Wan 2.1
+    T2V", not "... 14B"), or the class name for a class not described there."""
     name = type(model.model.model_config).__name__
     entry = FULL_SIZE.get(name)
-    return LEGACY_KEYS.get(name, name), (entry[0] if entry else name)
+    label = re.sub(r"\s+[0-9.]+B$", "", entry[0]) if entry else name
+    return LEGACY_KEYS.get(name, name), label
 
 
 # The three families the block editor offered before it knew the host's classes keep their
