@@ -125,34 +125,39 @@ def describe(ids, label: str) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def family_layouts() -> dict[str, dict]:
-    """Every family the host loads: key -> :func:`describe` of its full-size model.
+def family_index() -> dict[str, tuple]:
+    """Every family the host loads, without building anything: key -> ``(label, class,
+    unet_config)``, in the host's order. Keys: ``sd1``/``sdxl``/``flux`` for SD15/SDXL/Flux,
+    the class name for the others, ``<class>:<n>`` for a further size. Classes without a
+    configuration are left out (the full-size test reports them) and logged."""
+    out: dict[str, tuple] = {}
+    for cls in model_classes():
+        try:
+            configs = configs_of(cls)
+        except UnknownFamilyError as e:
+            logging.getLogger("lora_workbench").warning("LoRA Workbench: %s", e)
+            continue
+        for i, (label, config) in enumerate(configs):
+            key = LEGACY_KEYS.get(cls.__name__, cls.__name__) if i == 0 else f"{cls.__name__}:{i}"
+            out[key] = (label, cls, config)
+    return out
 
-    Keys: ``sd1``/``sdxl``/``flux`` for SD15/SDXL/Flux (with their text encoders), the
-    class name for the others, ``<class>:<n>`` for a further size. Built once per process
-    from meta models (about 10 s on two cores); classes without a configuration are left
-    out (the full-size test reports them) and logged."""
-    out: dict[str, dict] = {}
-    log = logging.getLogger("lora_workbench")
+
+@functools.cache
+def family_layout(key: str) -> dict:
+    """:func:`describe` of the full-size model of one family of :func:`family_index`
+    (built on the meta device on first use, well under a second for most; then cached).
+    Raises KeyError for an unknown key."""
+    label, cls, config = family_index()[key]
     # The host logs two lines per model it builds; drop this thread's (only), so a prompt
     # running meanwhile keeps its log.
-    me = threading.get_ident()
-    quiet = _ThreadFilter(me)
-    handlers = logging.root.handlers
+    quiet = _ThreadFilter(threading.get_ident())
+    handlers = list(logging.root.handlers)
     for h in handlers:
         h.addFilter(quiet)
     try:
-        for cls in model_classes():
-            try:
-                configs = configs_of(cls)
-            except UnknownFamilyError as e:
-                log.warning("LoRA Workbench: %s", e)
-                continue
-            for i, (label, config) in enumerate(configs):
-                ids = {block_of(k) for k in weight_shapes(build_meta(cls, config))}
-                key = LEGACY_KEYS.get(cls.__name__, cls.__name__) if i == 0 else f"{cls.__name__}:{i}"
-                out[key] = describe(ids | set(_LEGACY_TE.get(key, [])), label)
+        ids = {block_of(k) for k in weight_shapes(build_meta(cls, config))}
     finally:
         for h in handlers:
             h.removeFilter(quiet)
-    return out
+    return describe(ids | set(_LEGACY_TE.get(key, [])), label)

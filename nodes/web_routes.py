@@ -1,8 +1,10 @@
 """HTTP routes for the pack's editors in the browser (same server, JSON only, nothing written).
 
-* ``GET /lora_workbench/blocks``: every model family the host loads (its full-size model's
-  block ids grouped by stack and its presets, ``nodes/host_families.py``; computed from meta
-  models on the first request, then cached) and the preset names the spec parser knows.
+* ``GET /lora_workbench/blocks``: every model family the host loads (key and label) and the
+  preset names the spec parser knows.
+* ``GET /lora_workbench/blocks/<family>``: one family's block ids grouped by stack and its
+  presets (``nodes/host_families.py``: its full-size model built on the meta device on the
+  first request, then cached).
 * ``POST /lora_workbench/spec`` ``{"text", "family"}`` or ``{"text", "ids"}``: parse a spec in
   any notation (named, A1111 vector, A1111/Inspire preset, Inspire ``%``) with the same parser
   the nodes use, for a family or for the ids a node reported for its connected model; answers
@@ -24,18 +26,15 @@ from aiohttp import web
 from ..lora_ops.block_formats import preset_names
 from ..lora_ops.block_spec import parse_spec
 from ..lora_ops.blocks import MAX_RATIO, BlockSpecError, canonical_text
-from .host_families import family_layouts
-
-_layouts_task: asyncio.Future | None = None
+from .host_families import family_index, family_layout
 
 
-async def families() -> dict[str, dict]:
-    """The host's families (:func:`host_families.family_layouts`), built once in a worker
-    thread so the server keeps answering meanwhile."""
-    global _layouts_task
-    if _layouts_task is None:
-        _layouts_task = asyncio.get_running_loop().run_in_executor(None, family_layouts)
-    return await asyncio.shield(_layouts_task)
+async def family(key: str) -> dict:
+    """One family's layout (:func:`host_families.family_layout`), built in a worker thread
+    the first time so the server keeps answering meanwhile. Raises KeyError."""
+    if key not in family_index():
+        raise KeyError(key)
+    return await asyncio.get_running_loop().run_in_executor(None, family_layout, key)
 
 
 _ID = re.compile(r"^(?:[A-Za-z]+(?:[0-9]+_)?[0-9]*|TE\.[A-Za-z0-9_.-]+)$")
@@ -50,11 +49,12 @@ async def ids_of(body: dict) -> list[str]:
                 or not all(isinstance(b, str) and len(b) <= 80 and _ID.match(b) for b in ids)):
             raise ValueError("ids must be a list of block ids such as [\"IN\", \"D00\", \"TE.clip_l\"]")
         return ids
-    fams = await families()
-    family = str(body.get("family", "sd1"))
-    if family not in fams:
-        raise ValueError(f"unknown family {family!r}; use one of {', '.join(fams)}")
-    return [bid for _label, members in fams[family]["groups"] for bid in members]
+    key = str(body.get("family", "sd1"))
+    try:
+        layout = await family(key)
+    except KeyError:
+        raise ValueError(f"unknown family {key!r}; use one of {', '.join(family_index())}") from None
+    return [bid for _label, members in layout["groups"] for bid in members]
 
 
 def _bad(message: str) -> web.Response:
@@ -76,8 +76,15 @@ def register(routes: web.RouteTableDef) -> None:
 
     @routes.get("/lora_workbench/blocks")
     async def blocks(_request: web.Request) -> web.Response:
-        return web.json_response({"families": await families(), "presets": preset_names(),
-                                  "max_ratio": MAX_RATIO})
+        families = {key: {"label": label} for key, (label, _cls, _config) in family_index().items()}
+        return web.json_response({"families": families, "presets": preset_names(), "max_ratio": MAX_RATIO})
+
+    @routes.get("/lora_workbench/blocks/{family}")
+    async def family_blocks(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await family(request.match_info["family"]))
+        except KeyError:
+            return _bad(f"unknown family {request.match_info['family']!r}; use one of {', '.join(family_index())}")
 
     @routes.post("/lora_workbench/spec")
     async def spec(request: web.Request) -> web.Response:

@@ -121,3 +121,15 @@ def test_published_depths(families, cls_name, variant, stacks):
     ids = _ids(families, cls_name, variant)
     assert {p: _count(ids, p) for p in stacks} == stacks
     assert {"IN", "OUT"} <= ids and "OTHER" not in ids
+
+
+def test_the_family_picker_lists_every_family_with_its_stacks(families):
+    index = families.family_index()
+    sizes = sum(1 + len(variants) for _label, _extra, variants in FULL_SIZE.values())
+    assert len(index) == sizes and len({label for label, _c, _u in index.values()}) == sizes
+    assert {"sd1", "sdxl", "flux", "HiDream", "WAN21_T2V", "WAN21_T2V:1"} <= set(index)
+    hidream = dict(families.family_layout("HiDream")["groups"])
+    assert len(hidream["Double-stream blocks"]) == 16 and len(hidream["Single-stream blocks"]) == 32
+    assert dict(families.family_layout("flux")["groups"])["Text encoders"] == ["TE.clip_l", "TE.t5xxl"]
+    presets = dict(families.family_layout("ZImage")["presets"])
+    assert presets["First half"] == "default=1, B15-B29=0"

@@ -77,6 +77,14 @@ export async function openBlockEditor({ spec = "", title = "Block weights", onAp
     ...data.families };
   let family = info ? "model" : guessFamily(spec);
   if (!(family in families)) family = "sd1";
+  // The list names every family; a family's ids come from the server when it is first shown.
+  async function ensureFamily(f) {
+    if (families[f].groups) return;
+    const r = await api.fetchApi(`/lora_workbench/blocks/${encodeURIComponent(f)}`);
+    if (!r.ok) throw new Error(`the blocks of ${families[f].label} are not available (${r.status})`);
+    Object.assign(data.families[f], await r.json());
+  }
+  await ensureFamily(family);
   const idsOf = (f) => families[f].groups.flatMap(([, ids]) => ids);
   const target = () => (family === "model" ? { ids: idsOf("model") } : { family });
   const sliders = new Map();
@@ -159,6 +167,12 @@ export async function openBlockEditor({ spec = "", title = "Block weights", onAp
   familySelect.addEventListener("change", async () => {
     family = familySelect.value;
     if (family !== "model") localStorage.setItem("LoraWorkbench.blockFamily", family);
+    try {
+      await ensureFamily(family);
+    } catch (e) {
+      status.textContent = e.message;
+      return;
+    }
     buildGrid();
     fillPresets();
     await parseText();
