@@ -32,11 +32,13 @@ export function showResults(node, entries, fullText, blocksInfo = null) {
     const panel = el("div", { className: "wb-panel wb-results" });
     widget = node.addDOMWidget("workbench_results", "workbench-results", panel, {
       serialize: false,
-      getMinHeight: () => 34 + (widget?.entries ?? [{}]).reduce((h, e) => h + (e?.warning ? 66 : 46), 0)
+      getMinHeight: () => 34 + (widget?.familyShown ? 20 : 0)
+        + (widget?.entries ?? [{}]).reduce((h, e) => h + (e?.warning ? 66 : 46), 0)
         + (widget?.element?.querySelector("details")?.open ? 270 : 0) });
     widget.serialize = false;
   }
   widget.entries = entries;
+  widget.familyShown = !!blocksInfo?.groups;
   // The full report, folded: core's Preview as Text renders Markdown and joins its lines.
   const details = typeof fullText === "string" && fullText
     ? el("details", { className: "wb-details" }, el("summary", { textContent: "Full report" }),
