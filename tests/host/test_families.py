@@ -133,3 +133,38 @@ def test_the_family_picker_lists_every_family_with_its_stacks(families):
     assert dict(families.family_layout("flux")["groups"])["Text encoders"] == ["TE.clip_l", "TE.t5xxl"]
     presets = dict(families.family_layout("ZImage")["presets"])
     assert presets["First half"] == "default=1, B15-B29=0"
+
+
+def test_editor_routes_serve_the_families_and_parse_against_a_models_ids(families):
+    """The block editor's routes on a real aiohttp app (no ComfyUI server needed)."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from lora_workbench.nodes import web_routes
+
+    async def scenario():
+        routes = web.RouteTableDef()
+        web_routes.register(routes)
+        app = web.Application()
+        app.add_routes(routes)
+        async with TestClient(TestServer(app)) as client:
+            listing = await (await client.get("/lora_workbench/blocks")).json()
+            assert listing["families"]["HiDream"] == {"label": "HiDream I1"} and "OUTALL" in listing["presets"]
+            wan = await (await client.get("/lora_workbench/blocks/WAN21_T2V")).json()
+            assert dict(wan["groups"])["Blocks"][-1] == "B39"
+            bad = await client.get("/lora_workbench/blocks/NoSuchFamily")
+            assert bad.status == 400 and "unknown family 'NoSuchFamily'" in (await bad.json())["error"]
+            ids = ["IN", "OUT"] + [f"D{i:02d}" for i in range(16)] + [f"S{i:02d}" for i in range(32)]
+            parsed = await (await client.post("/lora_workbench/spec", json={"text": "S*=0", "ids": ids})).json()
+            assert parsed["canonical"] == "default=0, IN=1, D00-D15=1, OUT=1" and parsed["ratios"]["D15"] == 1
+            by_family = await (await client.post("/lora_workbench/spec",
+                                                 json={"text": "FLUXALL", "family": "flux"})).json()
+            assert by_family["ratios"]["S37"] == 1 and by_family["ratios"]["TE.t5xxl"] == 1
+            junk = await client.post("/lora_workbench/spec", json={"text": "", "ids": ["IN", "<script>"]})
+            assert junk.status == 400 and "ids must be a list of block ids" in (await junk.json())["error"]
+            fmt = await (await client.post("/lora_workbench/spec/format",
+                                           json={"ratios": {"D03": 0.5}, "ids": ids})).json()
+            assert fmt["canonical"] == "default=0.5"
+
+    asyncio.run(scenario())
