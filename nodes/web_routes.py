@@ -1,7 +1,7 @@
 """HTTP routes for the pack's editors in the browser (same server, JSON only, nothing written).
 
-* ``GET /lora_workbench/blocks``: every model family the host loads (key and label) and the
-  preset names the spec parser knows.
+* ``GET /lora_workbench/blocks``: every model family the host loads (key and label; the
+  groups too for SD 1.x, SDXL and Flux) and the preset names the spec parser knows.
 * ``GET /lora_workbench/blocks/<family>``: one family's block ids grouped by stack and its
   presets (``nodes/host_families.py``: its full-size model built on the meta device on the
   first request, then cached).
@@ -26,7 +26,7 @@ from aiohttp import web
 from ..lora_ops.block_formats import preset_names
 from ..lora_ops.block_spec import parse_spec
 from ..lora_ops.blocks import MAX_RATIO, BlockSpecError, canonical_text
-from .host_families import family_index, family_layout
+from .host_families import LEGACY_KEYS, family_index, family_layout
 
 
 async def family(key: str) -> dict:
@@ -77,6 +77,9 @@ def register(routes: web.RouteTableDef) -> None:
     @routes.get("/lora_workbench/blocks")
     async def blocks(_request: web.Request) -> web.Response:
         families = {key: {"label": label} for key, (label, _cls, _config) in family_index().items()}
+        # The classic three come whole (a fraction of a second), so switching to them is instant.
+        for key in LEGACY_KEYS.values():
+            families[key] = await family(key)
         return web.json_response({"families": families, "presets": preset_names(), "max_ratio": MAX_RATIO})
 
     @routes.get("/lora_workbench/blocks/{family}")
