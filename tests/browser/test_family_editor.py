@@ -57,7 +57,7 @@ def tiny_page(browser, tiny):
 
 
 def workflow(kind: str, blocks: str = "") -> dict:
-    return {
+    wf = {
         "last_node_id": 3, "last_link_id": 2, "version": 0.4,
         "links": [[1, LOAD, 0, LORA_NODE, 0, "MODEL"], [2, LORA_NODE, 2, PREVIEW, 0, "STRING"]],
         "nodes": [
@@ -72,6 +72,9 @@ def workflow(kind: str, blocks: str = "") -> dict:
             {"id": PREVIEW, "type": "PreviewAny", "pos": [900, 100], "size": [400, 200],
              "inputs": [{"name": "source", "type": "*", "link": 2}]},
         ]}
+    for order, node in enumerate(wf["nodes"]):  # the fields the frontend's schema asks for
+        node.update(flags={}, order=order, mode=0)
+    return wf
 
 
 def open_editor(page):
