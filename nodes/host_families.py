@@ -23,7 +23,7 @@ import comfy.supported_models
 import torch
 
 from ..lora_ops.blocks import MODEL_PREFIX, block_of
-from ..lora_ops.families import family_presets, layout_of
+from ..lora_ops.block_layout import family_presets, layout_of
 from .host_family_configs import FULL_SIZE
 
 
