@@ -111,6 +111,20 @@ def convert_diffusers(sd: Mapping, te_prefixes: Mapping[str, str] | None = None)
     return Converted(out, "diffusers", [f"converted {renamed // 2} diffusers-named modules to kohya names"])
 
 
+def fix_doubled_prefix(sd: Mapping) -> Converted | None:
+    """Rename ``lora_unet_unet_<diffusers name>`` keys (a mis-conversion found in real files:
+    diffusers names behind a doubled kohya prefix) to ``lora_unet_<diffusers name>``, which
+    ComfyUI's key map knows; None when the file has no such keys."""
+    doubled = [k for k in sd if k.startswith("lora_unet_unet_")]
+    if not doubled:
+        return None
+    out = {("lora_unet_" + k[len("lora_unet_unet_"):] if k.startswith("lora_unet_unet_") else k): v
+           for k, v in sd.items()}
+    modules = len({k.split(".", 1)[0] for k in doubled})
+    return Converted(out, "kohya (doubled prefix)",
+                     [f"renamed {modules} modules from the doubled prefix lora_unet_unet_ to lora_unet_"])
+
+
 def peft_alpha(config: Mapping, module: str, rank: int) -> float:
     """The ``.alpha`` value that gives PEFT's scale for ``module`` of rank ``rank``.
 

@@ -96,6 +96,7 @@ class FamilyRef:
 
     id: str
     width: int | None = None
+    by_layout_only: bool = False  # no evidence beyond a layout another family shares
 
     @property
     def family(self) -> Family:
@@ -150,8 +151,9 @@ def host_loads(ref: FamilyRef, host_version: str, host_classes: Collection[str])
 # LoRAs of the first family are commonly applied to models of the second (at the given
 # model width, None: any): Chroma is a Flux.1 derivative with the same blocks (its
 # modulation layers differ, which the report shows as modules that do not match); Anima's
-# DiT is Cosmos-Predict2 2B.
+# DiT is Cosmos-Predict2 2B, so a LoRA told from its block layout alone may be either's.
 _COMPATIBLE = {("flux1", "chroma"): None, ("anima", "cosmos_predict2"): 2048}
+_LAYOUT_ONLY = {("anima", "cosmos_predict2")}
 
 
 def mismatch(lora: FamilyRef | None, model: FamilyRef | None, host_version: str = "",
@@ -167,7 +169,8 @@ def mismatch(lora: FamilyRef | None, model: FamilyRef | None, host_version: str 
             return None
     elif (lora.id, model.id) in _COMPATIBLE:
         width = _COMPATIBLE[(lora.id, model.id)]
-        if width is None or model.width in (None, width):
+        if (width is None or model.width in (None, width)) and (
+                lora.by_layout_only or (lora.id, model.id) not in _LAYOUT_ONLY):
             return None
     made_for = f"made for {lora.label()}"
     if host_version and not host_loads(lora, host_version, host_classes):

@@ -321,8 +321,9 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
         mlp = _widths(modules, r"(img_mlp_0|txt_mlp_0|ff_net_0_proj)$", "out")
         lin1 = _widths(modules, r"linear1$", "out")
         ratio6 = any(hidden and o == 6 * hidden for o in mlp) or any(hidden and o == 9 * hidden for o in lin1)
-        if has(r"(individual_token_refiner|img_attn_q_norm|img_mod_linear)") or \
-                _max_index(modules, r"^double_blocks_(\d+)_") >= 19 or _max_index(modules, r"^single_blocks_(\d+)_") >= 38:
+        deeper = (_max_index(modules, r"^double_blocks_(\d+)_") >= 19
+                  or _max_index(modules, r"^single_blocks_(\d+)_") >= 38)
+        if deeper or has(r"(individual_token_refiner|img_attn_q_norm|img_mod_linear)"):
             return FamilyRef("hunyuan_video", hidden), "double/single blocks beyond Flux.1's 19/38, token refiner"
         if ratio6 or hidden in (6144, 4096):
             return FamilyRef("flux2", hidden), f"Flux.2 blocks (SwiGLU MLP 3x), hidden {hidden}"
@@ -337,7 +338,8 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
         return FamilyRef("hidream", None), "HiDream double/single stream blocks"
     if has(r"^(double_layers|single_layers)_\d+_"):
         return FamilyRef("auraflow", None), "AuraFlow double/single layers"
-    if has(r"token_refiner_refiner_blocks") or _top(_widths(modules, r"^transformer_blocks_\d+_attn_to_q$", "inp")) == 5376:
+    if has(r"token_refiner_refiner_blocks") or \
+            _top(_widths(modules, r"^transformer_blocks_\d+_attn_to_q$", "inp")) == 5376:
         return FamilyRef("minimax_h3", 5376), "token refiner blocks and 5376-wide transformer blocks"
     if has(r"^(txtfusion_|blocks_\d+_attn_(wq|wk|wv|wo|gate)$|tmlp_|tproj_)"):
         hidden = _top(_widths(modules, r"^blocks_\d+_attn_w[qkv]$", "inp"))
@@ -349,14 +351,23 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
         claims = " ".join(metadata.get(k, "") for k in ("ss_base_model_version", "modelspec.architecture")).lower()
         if hidden == 5120 or ("cosmos" in claims and not qwen3_te):
             return FamilyRef("cosmos_predict2", hidden), f"Cosmos-Predict2 blocks, hidden {hidden}"
-        # Anima's DiT is Cosmos-Predict2 2B; LoRAs for that size are nearly all Anima LoRAs,
-        # and Anima ones apply to a Cosmos-Predict2 2B model too (families.mismatch).
-        why = ("with Qwen3 text-encoder modules" if qwen3_te else "with LLM-adapter modules"
-               if has(r"^llm_adapter") else "named Anima in its metadata" if "anima" in claims
-               else "(Anima's DiT; also Cosmos-Predict2 2B's)")
+        # Anima's DiT is Cosmos-Predict2 2B, whose cross-attention reads a 1024-wide context;
+        # LoRAs of that layout are nearly all Anima LoRAs. Told from the layout alone, they
+        # may still go on a Cosmos-Predict2 2B model (families.mismatch).
+        if qwen3_te:
+            why = "with Qwen3 text-encoder modules"
+        elif has(r"^llm_adapter"):
+            why = "with LLM-adapter modules"
+        elif "anima" in claims:
+            why = "named Anima in its metadata"
+        elif ctx not in (None, 1024):
+            why = f"whose cross-attention reads a {ctx}-wide context (Cosmos-Predict2's reads 1024)"
+        else:
+            return (FamilyRef("anima", 2048, by_layout_only=True),
+                    "Cosmos-Predict2 2B blocks (Anima's DiT; also Cosmos-Predict2 2B's)")
         return FamilyRef("anima", 2048 if hidden in (2048, None) else None), f"Cosmos-Predict2 2B blocks {why}"
     if has(r"^blocks_\d+_(self_attn|cross_attn)_[qkvo]$") or has(r"^blocks_\d+_ffn_[02]$") or \
-            has(r"^blocks_\d+_attn[12]_to_[qkv]$") and has(r"^blocks_\d+_ffn_net"):
+            (has(r"^blocks_\d+_attn[12]_to_[qkv]$") and has(r"^blocks_\d+_ffn_net")):
         hidden = _top(_widths(modules, r"^blocks_\d+_(self_attn_[qkv]|attn1_to_[qkv])$", "inp"))
         return FamilyRef("wan", hidden), f"Wan self/cross-attention blocks, hidden {hidden}"
     if has(r"^(layers|noise_refiner|context_refiner)_\d+_(attention_(qkv|out|to_[qkv]|to_out_0)|feed_forward_w[123])$"):
@@ -535,7 +546,7 @@ def describe(shapes: Mapping[str, tuple | list | None], metadata: Mapping[str, s
     fmt, notes = _format(list(shapes), mods, metadata, peft_config is not None)
     family, evidence = _family(mods, metadata)
     alpha_values: Counter = Counter()
-    for key, value in (alphas or {}).items():
+    for value in (alphas or {}).values():
         alpha_values[float(value)] += 1
     if not alpha_values and peft_config and peft_config.get("lora_alpha") is not None:
         alpha_values[float(peft_config["lora_alpha"])] += len(mods)

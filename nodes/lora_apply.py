@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import comfy.lora
 import comfy.lora_convert
+import comfy.supported_models
 import comfy.utils
 
 from ..lora_ops.block_spec import parse_spec
@@ -31,7 +32,10 @@ from ..lora_ops.convert import (
     convert_diffusers,
     convert_peft,
     detect_format,
+    fix_doubled_prefix,
 )
+from ..lora_ops.families import FamilyRef, mismatch, model_family
+from ..lora_ops.identify import describe
 
 # Re-exported: callers and tests use the LoRA file API through this module.
 from .lora_files import LoraApplyError as LoraApplyError
@@ -93,7 +97,37 @@ def to_core_format(lora: LoraFile, model, clip) -> Converted:
             return convert_cloneofsimo(lora.sd, lora.metadata, _diffusers_unet_shapes(model), _te_layers(clip))
     except ConversionError as e:
         raise LoraApplyError(f"LoRA {lora.path}: {e}") from None
-    return Converted(dict(lora.sd), "comfy", [])
+    return fix_doubled_prefix(lora.sd) or Converted(dict(lora.sd), "comfy", [])
+
+
+def family_of_model(model) -> FamilyRef | None:
+    """The loaded model's family, from its ``comfy.supported_models`` config class and
+    ``unet_config`` (None for a class :mod:`lora_ops.families` does not know)."""
+    config = model.model.model_config
+    return model_family(type(config).__name__, config.unet_config)
+
+
+def _host_version() -> str:
+    try:
+        import comfyui_version
+
+        return str(comfyui_version.__version__)
+    except ImportError:  # a host tree without the generated version file
+        return ""
+
+
+def check_family(lora: LoraFile, model, name: str):
+    """Refuse a LoRA made for another model family than ``model``'s, in one line naming
+    both (raises :class:`LoraApplyError`); a LoRA whose family cannot be told, or a model of
+    a family this pack does not know, passes (the per-module checks still apply). Returns
+    the file's :class:`lora_ops.identify.LoraInfo`."""
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in lora.sd.items()}
+    info = describe(shapes, lora.metadata, peft_config=lora.peft_config)
+    why = mismatch(info.family, family_of_model(model), _host_version(), set(dir(comfy.supported_models)))
+    if why is not None:
+        raise LoraApplyError(f"LoRA {name} is {why}. Use a LoRA made for this model's family "
+                             f"(this file's shapes: {info.family_evidence}).")
+    return info
 
 
 @dataclass
@@ -207,6 +241,7 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
     # The CLIP patcher's weights are the cond_stage_model's, under the same names.
     te = _structure(clip.cond_stage_model, False) if clip is not None else _Structure({}, {}, set())
     key_map = {**unet.key_map, **te.key_map}
+    info = check_family(lora, model, name)
     converted = to_core_format(lora, model, clip)
     if not converted.sd:
         raise LoraApplyError(f"LoRA {name} has no tensors at all; the file is empty. Download it again.")
@@ -216,7 +251,10 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
     te_unused = sum(looks_like_text_encoder(k) for k in unused) if clip is None else 0
     if not patches:
         sample = ", ".join(list(lora.sd)[:3])
+        same = info.family is not None and mismatch(info.family, family_of_model(model)) is None
         hint = (" Its text-encoder keys need the clip input connected." if te_unused else
+                f" Its shapes are {info.family.label()}'s like this model's, but ComfyUI does not read its "
+                f"key format ({info.format}); convert it to kohya or diffusers names." if same else
                 " It is probably made for another model family; use a LoRA trained for this model.")
         raise LoraApplyError(
             f"LoRA {name} applies nothing to this model: none of its {len(lora.sd)} keys "
@@ -271,7 +309,10 @@ def prepare_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
         report.ratio_per_block[bid] = ratio
         (prepared.model_groups if is_model else prepared.clip_groups).setdefault(effective, {})[key] = patch
     if report.misfits and not m.fitting:
-        raise LoraApplyError(f"LoRA {name} fits nothing in this model: {report.text()}")
+        key, why = report.misfits[0]
+        raise LoraApplyError(f"LoRA {name} fits nothing in this model: none of its {len(report.misfits)} modules "
+                             f"has the shape of this model's weight (e.g. {key}: {why}). It is probably made for "
+                             "another variant of this architecture; use a LoRA trained for this model.")
     return prepared
 
 

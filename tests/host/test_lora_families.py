@@ -1,0 +1,231 @@
+"""Real LoRA key layouts on full-size models of their families, built on the meta device
+(no memory): every keyset of ``shared/fixtures/real/keysets`` goes through the pack's own
+load path; LoRAs made for another family are refused in one line naming both."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+
+import pytest
+
+from helpers.meta_models import meta_model
+from helpers.paths import REAL_LORAS, SHARED
+
+KEYSETS = SHARED / "fixtures" / "real" / "keysets"
+
+pytestmark = [pytest.mark.host,
+              pytest.mark.skipif(not KEYSETS.is_dir(), reason="../shared/fixtures/real is not present")]
+
+_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+
+
+def materialise(keyset: dict) -> dict:
+    """The keyset as a LoRA state dict of its recorded shapes and dtypes: every tensor on the
+    meta device except the ``.alpha`` scalars, which the loader reads as numbers (set to the
+    module's rank, i.e. scale 1)."""
+    import torch
+
+    keys, dtypes = keyset["keys"], keyset.get("dtypes") or {}
+    sd = {}
+    for key, shape in keys.items():
+        dtype = getattr(torch, _DTYPES.get(dtypes.get(key), "float16"))
+        if key.endswith(".alpha") and shape == []:
+            module = key[: -len(".alpha")]
+            down = next((keys[module + s] for s in (".lora_down.weight", ".lokr_w1_b", ".hada_w1_b")
+                         if keys.get(module + s)), [1])
+            sd[key] = torch.tensor(float(down[0]), dtype=dtype)
+        else:
+            sd[key] = torch.empty(shape, dtype=dtype, device="meta")
+    return sd
+
+
+def meta_clip(family: str):
+    """The text encoders of a family on the meta device, as the pack reads a CLIP: only its
+    ``cond_stage_model`` (weight names and shapes) is used to match a LoRA."""
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    import comfy.text_encoders.flux
+    import torch
+
+    meta = torch.device("meta")
+    with meta:
+        if family == "SD15":
+            te = comfy.sd1_clip.SD1ClipModel(device=meta, dtype=torch.float16)
+        elif family == "SDXL":
+            te = comfy.sdxl_clip.SDXLClipModel(device=meta, dtype=torch.float16)
+        elif family == "Flux.1 dev":
+            te = comfy.text_encoders.flux.FluxClipModel(device=meta, dtype=torch.float16)
+        else:
+            return None
+    return types.SimpleNamespace(cond_stage_model=te)
+
+
+# keyset -> (full-size meta model it goes onto, None when the pack applies every key, a
+# number of modules reported as not fitting (a warning), else a pattern the error must
+# match). Families the host loads go onto their own model; families newer than the host go
+# onto the host model closest to them (same hidden size or names).
+TOO_OLD = "a model ComfyUI 0.3.75 is too old to load"
+EXPECT = {
+    "invokeai.anima_lora_kohya_format": ("Cosmos-Predict2 2B", f"made for Anima.*{TOO_OLD}"),
+    "invokeai.anima_lora_kohya_with_te_format": ("Cosmos-Predict2 2B", f"made for Anima.*{TOO_OLD}"),
+    "invokeai.anima_lora_lokr_format": ("Cosmos-Predict2 2B", f"made for Anima.*{TOO_OLD}"),
+    "invokeai.anima_lora_peft_format": ("Cosmos-Predict2 2B", f"made for Anima.*{TOO_OLD}"),
+    "invokeai.flux_control_lora_format": ("Flux.1 dev", None),
+    # hand-written LoKr factors whose Kronecker products fit only the fused qkv weight
+    "invokeai.flux_lokr_bfl_format": ("Flux.1 dev", 5),
+    "invokeai.flux_lora_aitoolkit_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_diffusers_base_model_format": (
+        "Flux.1 dev", "shapes are Flux.1 \\(hidden 3072\\)'s like this model's, but ComfyUI does not read its key "
+                      "format \\(PEFT\\)"),
+    "invokeai.flux_lora_diffusers_dora_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_diffusers_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_diffusers_no_proj_mlp_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_diffusers_v2_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_diffusers_with_norm_out_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_kohya_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_kohya_with_te1_and_te3_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_kohya_with_te1_format": ("Flux.1 dev", None),
+    "invokeai.flux_lora_xlabs_format": (
+        "Flux.1 dev", "shapes are Flux.1 \\(hidden 3072\\)'s like this model's, but ComfyUI does not read its key "
+                      "format \\(xlabs\\)"),
+    "invokeai.krea2_lora_kohya_format": ("Flux.2 dev", f"made for Krea 2 \\(hidden 6144\\).*{TOO_OLD}"),
+    "invokeai.qwen_image_lora_diffusers_format": ("Qwen-Image", None),
+    "invokeai.qwen_image_lora_kohya_format": ("Qwen-Image", "fits nothing in this model"),
+    "lora-inspector-rs.flux1_diffusers": ("Flux.1 dev", None),
+    "lora-inspector-rs.flux1_kohya": ("Flux.1 dev", None),
+    "lora-inspector-rs.flux2_klein_diffusers": (
+        "Flux.2 dev", f"made for Flux.2 Klein 9B \\(hidden 4096\\).*{TOO_OLD}.*this model is Flux.2 dev \\(6144\\)"),
+    "lora-inspector-rs.h3_diffusers": ("Qwen-Image", f"made for MiniMax-H3.*{TOO_OLD}"),
+    "lora-inspector-rs.krea2_lycoris": ("Flux.2 dev", f"made for Krea 2 \\(hidden 6144\\).*{TOO_OLD}"),
+    "lora-inspector-rs.qwen_image_kohya": ("Qwen-Image", None),
+    "lora-inspector-rs.sd15_kohya": ("SD15", None),
+    "lora-inspector-rs.sdxl_kohya": ("SDXL", None),
+}
+# A key list only (no shapes), the union of several LyCORIS algorithms' key names per module
+# (LoHa and LoKr and OFT for the same layer), not one file's state dict: no LoRA of it can be
+# materialised; `inspect` still tells it (tests/unit/test_identify.py).
+NOT_A_FILE = {"lora-inspector-rs.sdxl_lokr_keys_only"}
+
+
+def test_every_keyset_has_an_expectation():
+    names = {p.stem for p in KEYSETS.glob("*.json")}
+    assert names == set(EXPECT) | NOT_A_FILE
+
+
+def _fill_missing_shapes(keys: dict, model) -> dict:
+    """Shapes for a keyset that recorded names only (LoRA modules): from the weight each
+    module patches, found through the host's own key map (rank 16)."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    out = {}
+    for key, shape in keys.items():
+        if shape is not None:
+            out[key] = shape
+            continue
+        module, role = re.match(r"^(.*)\.lora\.(down|up)\.weight$", key).groups()
+        target = key_map[module]
+        weight, offset = (target, None) if isinstance(target, str) else (target[0], target[1])
+        rows = offset[2] if offset else shapes[weight][0]
+        out[key] = [16, shapes[weight][1]] if role == "down" else [rows, 16]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(EXPECT))
+def test_real_keyset_on_the_full_size_model_of_its_family(comfy_host, apply, name):
+    from lora_workbench.lora_ops.blocks import block_of
+
+    target, error = EXPECT[name]
+    keyset = json.loads((KEYSETS / f"{name}.json").read_text())
+    model, clip = meta_model(target), meta_clip(target)
+    keyset["keys"] = _fill_missing_shapes(keyset["keys"], model)
+    lora = apply.LoraFile(name, materialise(keyset), keyset.get("metadata") or {}, None)
+    if isinstance(error, int):
+        report = apply.prepare_lora(model, clip, lora, name, 1.0, 1.0, "").report
+        assert len(report.misfits) == error and report.applied > 0
+        assert all(re.fullmatch(r"this model's weight has shape \[[0-9, ]+\], the LoRA's change has shape "
+                                r"\[[0-9, ]+\]", why) for _, why in report.misfits)
+        return
+    if error is not None:
+        with pytest.raises(apply.LoraApplyError, match=error) as e:
+            apply.prepare_lora(model, clip, lora, name, 1.0, 1.0, "")
+        assert "\n" not in str(e.value) and name in str(e.value)
+        return
+    report = apply.prepare_lora(model, clip, lora, name, 1.0, 1.0, "").report
+    assert report.unused_keys == [] and report.misfits == [] and report.unmatched_patches == [], report.text()
+    assert report.applied > 0
+    # Every applied module has a block id (depends on lora_ops.blocks knowing the family's
+    # layout: part A of issue 13).
+    matched = apply.match_lora(model, clip, lora, name)
+    assert [k for k, *_ in matched.fitting if block_of(k) == "OTHER"] == []
+
+
+def _kohya_lora_for(model, rank: int = 4) -> dict:
+    """A LoRA for every 2-D weight of ``model``'s UNet, named by the host's own key map in
+    kohya form (``lora_unet_...``), bf16 tensors on the meta device, alpha = rank."""
+    import comfy.lora
+    import torch
+
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    sd = {}
+    for lora_key, weight in comfy.lora.model_lora_keys_unet(model.model, {}).items():
+        if lora_key.startswith("lora_unet_") and isinstance(weight, str) and len(shapes.get(weight, ())) == 2:
+            out_f, in_f = shapes[weight]
+            sd[f"{lora_key}.lora_up.weight"] = torch.empty(out_f, rank, dtype=torch.bfloat16, device="meta")
+            sd[f"{lora_key}.lora_down.weight"] = torch.empty(rank, in_f, dtype=torch.bfloat16, device="meta")
+            sd[f"{lora_key}.alpha"] = torch.tensor(float(rank))
+    return sd
+
+
+def test_sd2_lora_on_sd15_is_refused_naming_both_families(comfy_host, apply):
+    lora = apply.LoraFile("sd2-style.safetensors", _kohya_lora_for(meta_model("SD21")), {}, None)
+    with pytest.raises(apply.LoraApplyError) as e:
+        apply.apply_lora(meta_model("SD15"), None, lora, "sd2-style.safetensors", 1.0, 1.0, "")
+    text = str(e.value)
+    assert "made for SD2.x (text context 1024); this model is SD1.x (768)" in text
+    assert "\n" not in text and "sd2-style.safetensors" in text
+
+
+def test_sdxl_lora_on_sd15_is_refused_naming_both_families(comfy_host, apply):
+    keyset = json.loads((KEYSETS / "lora-inspector-rs.sdxl_kohya.json").read_text())
+    lora = apply.LoraFile("anyaXL", materialise(keyset), keyset["metadata"], None)
+    with pytest.raises(apply.LoraApplyError, match=re.escape(
+            "LoRA anyaXL is made for SDXL (text context 2048); this model is SD1.x (768)")):
+        apply.apply_lora(meta_model("SD15"), meta_clip("SD15"), lora, "anyaXL", 1.0, 1.0, "")
+
+
+def test_doubled_kohya_prefix_applies_every_module(comfy_host, apply):
+    """diffusers names behind a doubled kohya prefix (lora_unet_unet_down_blocks_...), as a
+    real mis-converted file has them: built from the real diffusers fixture's tensors."""
+    real = apply.load_lora_file(str(REAL_LORAS / "diffusers" / "timohavdk__sd-lora" /
+                                    "pytorch_lora_weights.safetensors"))
+    sd = {}
+    for key, value in real.sd.items():
+        module, suffix = re.match(r"^unet\.(.*)\.lora\.(down|up)\.weight$", key).groups()
+        sd[f"lora_unet_unet_{module.replace('.', '_')}.lora_{suffix}.weight"] = value
+    lora = apply.LoraFile("misconverted", sd, {}, None)
+    model, _, report = apply.apply_lora(meta_model("SD15"), None, lora, "misconverted", 1.0, 1.0, "")
+    assert report.model_modules == 128 and report.unused_keys == [] and report.misfits == []
+    assert "renamed 128 modules from the doubled prefix lora_unet_unet_ to lora_unet_" in report.text()
+    assert len(model.patches) == 128
+
+
+def test_inpainting_conv_in_is_a_plain_warning_not_a_family_error(comfy_host, apply, caplog):
+    """A 9-channel conv_in (inpainting) on a 4-channel SD1.5: the rest applies, the misfit is
+    worded as expected vs found shape, and no core log line leaks out."""
+    import torch
+
+    sd = _kohya_lora_for(meta_model("SD15"))
+    sd["lora_unet_conv_in.lora_down.weight"] = torch.empty(4, 9, 3, 3, dtype=torch.bfloat16, device="meta")
+    sd["lora_unet_conv_in.lora_up.weight"] = torch.empty(320, 4, 1, 1, dtype=torch.bfloat16, device="meta")
+    lora = apply.LoraFile("inpaint", sd, {}, None)
+    _, _, report = apply.apply_lora(meta_model("SD15"), None, lora, "inpaint", 1.0, 1.0, "")
+    assert [k for k, _ in report.misfits] == ["diffusion_model.input_blocks.0.0.weight"]
+    why = report.misfits[0][1]
+    assert why == "this model's weight has shape [320, 4, 3, 3], the LoRA's change has shape [320, 9, 3, 3]"
+    assert report.model_modules > 100
+    assert "ERROR" not in report.text() and "is invalid" not in report.text()
+    assert not [r for r in caplog.records if "is invalid" in r.getMessage()]
