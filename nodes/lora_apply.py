@@ -31,6 +31,7 @@ from ..lora_ops.convert import (
     convert_cloneofsimo,
     convert_diffusers,
     convert_peft,
+    convert_xlabs,
     detect_format,
     fix_doubled_prefix,
 )
@@ -93,6 +94,8 @@ def to_core_format(lora: LoraFile, model, clip) -> Converted:
             return convert_diffusers(lora.sd)
         if fmt == "peft":
             return convert_peft(lora.sd, lora.peft_config, os.path.join(os.path.dirname(name), "adapter_config.json"))
+        if fmt == "xlabs":
+            return convert_xlabs(lora.sd)
         if fmt == "cloneofsimo":
             return convert_cloneofsimo(lora.sd, lora.metadata, _diffusers_unet_shapes(model), _te_layers(clip))
     except ConversionError as e:

@@ -76,9 +76,7 @@ EXPECT = {
     # hand-written LoKr factors whose Kronecker products fit only the fused qkv weight
     "invokeai.flux_lokr_bfl_format": ("Flux.1 dev", 5),
     "invokeai.flux_lora_aitoolkit_format": ("Flux.1 dev", None),
-    "invokeai.flux_lora_diffusers_base_model_format": (
-        "Flux.1 dev", "shapes are Flux.1 \\(hidden 3072\\)'s like this model's, but ComfyUI does not read its key "
-                      "format \\(PEFT\\)"),
+    "invokeai.flux_lora_diffusers_base_model_format": ("Flux.1 dev", None),
     "invokeai.flux_lora_diffusers_dora_format": ("Flux.1 dev", None),
     "invokeai.flux_lora_diffusers_format": ("Flux.1 dev", None),
     "invokeai.flux_lora_diffusers_no_proj_mlp_format": ("Flux.1 dev", None),
@@ -87,9 +85,7 @@ EXPECT = {
     "invokeai.flux_lora_kohya_format": ("Flux.1 dev", None),
     "invokeai.flux_lora_kohya_with_te1_and_te3_format": ("Flux.1 dev", None),
     "invokeai.flux_lora_kohya_with_te1_format": ("Flux.1 dev", None),
-    "invokeai.flux_lora_xlabs_format": (
-        "Flux.1 dev", "shapes are Flux.1 \\(hidden 3072\\)'s like this model's, but ComfyUI does not read its key "
-                      "format \\(xlabs\\)"),
+    "invokeai.flux_lora_xlabs_format": ("Flux.1 dev", None),
     "invokeai.krea2_lora_kohya_format": ("Flux.2 dev", f"made for Krea 2 \\(hidden 6144\\).*{TOO_OLD}"),
     "invokeai.qwen_image_lora_diffusers_format": ("Qwen-Image", None),
     "invokeai.qwen_image_lora_kohya_format": ("Qwen-Image", "fits nothing in this model"),
