@@ -145,7 +145,7 @@ def host_loads(ref: FamilyRef, host_version: str, host_classes: Collection[str])
         return fam.newer_class in host_classes
     if ref.id == "flux2" and ref.width not in (None, 6144):
         return _version(host_version) > _FLUX2_FIXED_HEADS_UNTIL
-    return any(c in host_classes for c in fam.host_classes) or not host_classes
+    return True  # every family with host classes loads on 0.3.75, the oldest host the pack runs on
 
 
 # LoRAs of the first family are commonly applied to models of the second (at the given

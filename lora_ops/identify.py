@@ -82,7 +82,9 @@ class Module:
 
 @dataclass
 class LoraInfo:
-    """What a LoRA file is (see the module docstring). Fields: ``format`` (key naming),
+    """What a LoRA file is (see the module docstring). Fields: ``format`` (key naming:
+    ``kohya``, ``diffusers``, ``diffusers (attention processors)``, ``PEFT``, ``cloneofsimo``,
+    ``xlabs``, ``ai-toolkit``, ``BFL``, ``ComfyUI`` or ``unknown``),
     ``notes`` on it, ``kinds`` (adapter kinds, display names), ``family`` (a
     :class:`~lora_ops.families.FamilyRef` or None) with ``family_evidence``, ``ranks`` and
     ``alphas`` (value -> module count), ``parts`` (part label -> module count),
@@ -119,8 +121,7 @@ class LoraInfo:
     def lines(self) -> list[str]:
         """The description as report lines (no file name line)."""
         out = [f"format: {self.format}" + "".join(f"; {n}" for n in self.notes),
-               f"adapter: {', '.join(self.kinds) or 'none found'}; {self.modules} modules, {self.tensors} tensors"
-               + (f" ({', '.join(f'{d} x{n}' for d, n in sorted(self.dtypes.items()))})" if self.dtypes else ""),
+               f"adapter: {', '.join(self.kinds) or 'none found'}; {self.modules} modules",
                f"made for: {self.family_text()}",
                f"rank: {_range_text(self.ranks)}; alpha: {_range_text(self.alphas)}"]
         if self.parts:
@@ -225,11 +226,14 @@ def _format(keys: list[str], modules: list[Module], metadata: Mapping[str, str],
         notes.append("kohya-style suffixes (lora_down/lora_up, alpha)")
     if any(k.startswith(("unet.", "text_encoder.", "text_encoder_2.", "transformer.")) for k in keys):
         return "diffusers", notes
+    # ComfyUI's own module names behind "diffusion_model.": ai-toolkit writes them with
+    # PEFT's lora_A/lora_B; for Flux they are BFL's reference names.
     native = any(k.startswith(("diffusion_model.", "model.diffusion_model.")) for k in keys)
     if native:
         if software == "ai-toolkit" or any(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys):
             return "ai-toolkit", notes
-        return "BFL", notes
+        flux = any(re.match(r"^(model\.)?diffusion_model\.(double|single)_blocks\.", k) for k in keys)
+        return ("BFL" if flux else "ComfyUI"), notes
     if any(re.match(r"^(double_blocks|single_blocks)\.", k) for k in keys):
         return "BFL", notes
     if any(re.match(r"^(down_blocks|up_blocks|mid_block|transformer_blocks|single_transformer_blocks|blocks)\.", k)
