@@ -28,6 +28,7 @@ import sys
 
 from .safetensors_io import SafetensorsError, read_header
 
+
 def _describe_lines(path: str, with_hashes: bool) -> list[str]:
     from .identify import describe_file
 
