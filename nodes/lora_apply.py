@@ -119,18 +119,20 @@ def _host_version() -> str:
         return ""
 
 
-def check_family(lora: LoraFile, model, name: str):
-    """Refuse a LoRA made for another model family than ``model``'s, in one line naming
-    both (raises :class:`LoraApplyError`); a LoRA whose family cannot be told, or a model of
-    a family this pack does not know, passes (the per-module checks still apply). Returns
-    the file's :class:`lora_ops.identify.LoraInfo`."""
+def family_clash(lora: LoraFile, model):
+    """``(info, why)``: what the file is (:class:`lora_ops.identify.LoraInfo`, told from its
+    shapes and names) and, when it was made for another model family than ``model``'s, why
+    (one clause naming both, see :func:`lora_ops.families.mismatch`), else None. A LoRA whose
+    family cannot be told, or a model of a family this pack does not know, gives None."""
     shapes = {k: tuple(getattr(v, "shape", ())) for k, v in lora.sd.items()}
     info = describe(shapes, lora.metadata, peft_config=lora.peft_config)
     why = mismatch(info.family, family_of_model(model), _host_version(), set(dir(comfy.supported_models)))
-    if why is not None:
-        raise LoraApplyError(f"LoRA {name} is {why}. Use a LoRA made for this model's family "
-                             f"(this file's shapes: {info.family_evidence}).")
-    return info
+    return info, why
+
+
+def _family_error(name: str, info, why: str) -> LoraApplyError:
+    return LoraApplyError(f"LoRA {name} is {why}. Use a LoRA made for this model's family "
+                          f"(this file's shapes: {info.family_evidence}).")
 
 
 @dataclass
@@ -244,7 +246,7 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
     # The CLIP patcher's weights are the cond_stage_model's, under the same names.
     te = _structure(clip.cond_stage_model, False) if clip is not None else _Structure({}, {}, set())
     key_map = {**unet.key_map, **te.key_map}
-    info = check_family(lora, model, name)
+    info, clash = family_clash(lora, model)
     converted = to_core_format(lora, model, clip)
     if not converted.sd:
         raise LoraApplyError(f"LoRA {name} has no tensors at all; the file is empty. Download it again.")
@@ -253,6 +255,8 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
     unused = sorted(set(tracked) - tracked.read)
     te_unused = sum(looks_like_text_encoder(k) for k in unused) if clip is None else 0
     if not patches:
+        if clash is not None:
+            raise _family_error(name, info, clash)
         sample = ", ".join(list(lora.sd)[:3])
         same = info.family is not None and mismatch(info.family, family_of_model(model)) is None
         hint = (" Its text-encoder keys need the clip input connected." if te_unused else
@@ -277,6 +281,14 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
             matched.misfits.append((base, why))
             continue
         matched.fitting.append((key, patch, block_of(base), base in model_shapes))
+    if clash is not None:
+        # Refused only when the file does not fit: a family told from a layout another
+        # family shares must never keep a LoRA that fits this model whole from applying.
+        model_unused = [k for k in unused if clip is not None or not looks_like_text_encoder(k)]
+        if matched.misfits or matched.unmatched or model_unused:
+            raise _family_error(name, info, clash)
+        matched.notes = [*matched.notes, f"its shapes look {info.family.label()}, but every module fits this "
+                         "model"]
     return matched
 
 

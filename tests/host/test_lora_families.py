@@ -176,13 +176,53 @@ def _kohya_lora_for(model, rank: int = 4) -> dict:
     return sd
 
 
-def test_sd2_lora_on_sd15_is_refused_naming_both_families(comfy_host, apply):
-    lora = apply.LoraFile("sd2-style.safetensors", _kohya_lora_for(meta_model("SD21")), {}, None)
+def _diffusers_lora_for(model, rank: int = 4) -> dict:
+    """The same, under diffusers names (``unet.down_blocks.0...to_k.lora.down.weight``), as
+    the host's ``unet_to_diffusers`` names this UNet's weights."""
+    import comfy.utils
+    import torch
+
+    shapes = {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
+    sd = {}
+    for diffusers, comfy_name in comfy.utils.unet_to_diffusers(model.model.model_config.unet_config).items():
+        if diffusers.endswith(".weight") and len(shapes.get(comfy_name, ())) == 2:
+            module = "unet." + diffusers[: -len(".weight")]
+            out_f, in_f = shapes[comfy_name]
+            sd[f"{module}.lora.up.weight"] = torch.empty(out_f, rank, dtype=torch.bfloat16, device="meta")
+            sd[f"{module}.lora.down.weight"] = torch.empty(rank, in_f, dtype=torch.bfloat16, device="meta")
+    return sd
+
+
+@pytest.mark.parametrize("names", ["kohya", "diffusers"])
+def test_sd2_lora_on_sd15_is_refused_naming_both_families(comfy_host, apply, names):
+    build = _kohya_lora_for if names == "kohya" else _diffusers_lora_for
+    lora = apply.LoraFile("sd2-style.safetensors", build(meta_model("SD21")), {}, None)
     with pytest.raises(apply.LoraApplyError) as e:
         apply.apply_lora(meta_model("SD15"), None, lora, "sd2-style.safetensors", 1.0, 1.0, "")
     text = str(e.value)
     assert "made for SD2.x (text context 1024); this model is SD1.x (768)" in text
     assert "\n" not in text and "sd2-style.safetensors" in text
+
+
+def test_a_lora_that_fits_whole_is_never_refused_by_its_family(comfy_host, apply):
+    """A LoRA told as Anima (its metadata) built on Cosmos-Predict2 2B's own weights: Anima's
+    DiT is that model, every module fits, so it applies (with a note) instead of being
+    refused as a family ComfyUI 0.3.75 cannot load."""
+    import comfy.lora
+    import torch
+
+    model = meta_model("Cosmos-Predict2 2B")
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    sd = {}
+    for lora_key, weight in comfy.lora.model_lora_keys_unet(model.model, {}).items():
+        if lora_key.startswith("diffusion_model.blocks.") and isinstance(weight, str) and \
+                len(shapes.get(weight, ())) == 2:
+            sd[f"{lora_key}.lora_up.weight"] = torch.empty(shapes[weight][0], 8, device="meta")
+            sd[f"{lora_key}.lora_down.weight"] = torch.empty(8, shapes[weight][1], device="meta")
+    lora = apply.LoraFile("anima-style", sd, {"ss_base_model_version": "anima"}, None)
+    _, _, report = apply.apply_lora(model, None, lora, "anima-style", 1.0, 1.0, "")
+    assert report.model_modules == len(sd) // 2 > 200 and not report.misfits and not report.unused_keys
+    assert "its shapes look Anima 2B (hidden 2048), but every module fits this model" in report.text()
 
 
 def test_sdxl_lora_on_sd15_is_refused_naming_both_families(comfy_host, apply):
