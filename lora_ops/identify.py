@@ -60,6 +60,7 @@ _TE_PREFIXES = [
 _MODEL_PREFIXES = ["base_model.model.", "model.diffusion_model.", "diffusion_model.", "lora_unet_",
                    "lora_transformer_", "unet.", "transformer."]
 _PART_NAMES = {"te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2", "te3": "text encoder 3"}
+_TE_WIDTH = {768: "CLIP-L", 1024: "OpenCLIP-H", 1280: "CLIP-G", 4096: "T5-XXL"}
 
 
 @dataclass
@@ -204,8 +205,8 @@ def _shape_facts(mod: Module) -> None:
             mod.out, mod.inp, mod.conv = d[0], d[1], len(d) == 4
 
 
-def _format(keys: list[str], modules: list[Module], metadata: Mapping[str, str],
-            has_peft_config: bool) -> tuple[str, list[str]]:
+def _format(keys: list[str], metadata: Mapping[str, str]) -> tuple[str, list[str]]:
+    """The key naming convention (see :class:`LoraInfo`) and notes on it."""
     notes = []
     software = _software(metadata)
     if any(_CLONEOFSIMO.match(k) for k in keys):
@@ -254,7 +255,8 @@ def _software(metadata: Mapping[str, str]) -> str | None:
     return None
 
 
-def _kinds(modules: list[Module], metadata: Mapping[str, str]) -> list[str]:
+def _kinds(modules: list[Module]) -> list[str]:
+    """Adapter kinds by how many modules use them; a LoRA with kernel-sized down weights is LoCon."""
     found = Counter()
     for m in modules:
         k = m.kinds - {"alpha", "dora"}
@@ -286,7 +288,6 @@ def _max_index(modules, pattern: str) -> int:
 
 
 _UNET_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
-_TE_WIDTH = {768: "CLIP-L", 1024: "OpenCLIP-H", 1280: "CLIP-G", 4096: "T5-XXL"}
 
 
 def _has(modules, pattern: str, part: str = "model") -> bool:
@@ -318,6 +319,8 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
         if te_w == 768 or has(r"^(down_blocks_0_attentions|input_blocks_1_1)_"):
             return FamilyRef("sd1", 768), "UNet with attention in its first level and a 768-wide text encoder"
         return None, "a Stable Diffusion UNet layout, but no width that tells SD1.x, SD2.x and SDXL apart"
+    if has(r"^joint_transformer_blocks_\d+_") or has(r"^(double_layers|single_layers)_\d+_"):
+        return FamilyRef("auraflow", None), "AuraFlow joint/single layers"
     # Flux-like double/single stream transformers (BFL, xlabs, kohya names; diffusers names).
     if has(r"^(double_blocks|single_blocks)_\d+_") or has(r"^single_transformer_blocks_\d+_"):
         hidden = _top(_widths(modules, r"(img_attn_(qkv|proj)|processor_(qkv|proj)_lora1|linear1|"
@@ -328,7 +331,10 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
         deeper = (_max_index(modules, r"^double_blocks_(\d+)_") >= 19
                   or _max_index(modules, r"^single_blocks_(\d+)_") >= 38)
         if deeper or has(r"(individual_token_refiner|img_attn_q_norm|img_mod_linear)"):
-            return FamilyRef("hunyuan_video", hidden), "double/single blocks beyond Flux.1's 19/38, token refiner"
+            return FamilyRef("hunyuan_video", hidden), ("HunyuanVideo double/single blocks (more than Flux.1's "
+                                                        "19/38, or its token refiner)")
+        if has(r"^(distilled_guidance_layer|nerf_)"):
+            return FamilyRef("chroma", hidden), "Flux blocks with Chroma's distilled guidance layer"
         if ratio6 or hidden in (6144, 4096):
             return FamilyRef("flux2", hidden), f"Flux.2 blocks (SwiGLU MLP 3x), hidden {hidden}"
         if hidden in (3072, None):
@@ -340,8 +346,6 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
         return FamilyRef("sd3", hidden), f"SD3 joint blocks, hidden {hidden}"
     if has(r"^double_stream_blocks_\d+_") or has(r"^single_stream_blocks_\d+_"):
         return FamilyRef("hidream", None), "HiDream double/single stream blocks"
-    if has(r"^(double_layers|single_layers)_\d+_"):
-        return FamilyRef("auraflow", None), "AuraFlow double/single layers"
     if has(r"token_refiner_refiner_blocks") or \
             _top(_widths(modules, r"^transformer_blocks_\d+_attn_to_q$", "inp")) == 5376:
         return FamilyRef("minimax_h3", 5376), "token refiner blocks and 5376-wide transformer blocks"
@@ -380,12 +384,11 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
             return FamilyRef("zimage", hidden), "NextDiT layers with refiners, hidden 3840"
         return FamilyRef("lumina2", hidden), f"NextDiT layers, hidden {hidden}"
     if has(r"^transformer_blocks_\d+_(img_mlp|txt_mlp|img_mod|txt_mod)"):
-        hidden = _top(_widths(modules, r"^transformer_blocks_\d+_attn_to_[qkv]$", "inp"))
         return FamilyRef("qwen_image", 3072), "dual-stream transformer blocks with img/txt MLPs (Qwen-Image)"
     if has(r"^transformer_blocks_\d+_attn_(to_[qkv]|add_[qkv]_proj)$") and not has(r"ff_context"):
         hidden = _top(_widths(modules, r"^transformer_blocks_\d+_attn_to_[qkv]$", "inp"))
         if hidden == 3072:
-            return FamilyRef("qwen_image", hidden), "dual-stream transformer blocks (img/txt MLPs), hidden 3072"
+            return FamilyRef("qwen_image", hidden), "dual-stream attention without ff_context, hidden 3072"
     if has(r"^transformer_blocks_\d+_attn_add_[qkv]_proj$") and has(r"ff_context"):
         hidden = _top(_widths(modules, r"^transformer_blocks_\d+_attn_to_[qkv]$", "inp"))
         if hidden == 3072:
@@ -405,9 +408,6 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
     return None, "no known model layout"
 
 
-_TE_MODEL = {"te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2", "te3": "text encoder 3"}
-
-
 def _parts(modules: list[Module], family: FamilyRef | None) -> dict[str, int]:
     """Part label -> module count; a text encoder is named by its most common input width."""
     unet = family is not None and family.family.width_kind == "text context"
@@ -419,7 +419,7 @@ def _parts(modules: list[Module], family: FamilyRef | None) -> dict[str, int]:
             parts["UNet" if unet else "diffusion model" if family is not None else "model"] = counts[part]
             continue
         width = _top(Counter(m.inp for m in modules if m.part == part and m.inp))
-        label = _TE_MODEL[part]
+        label = _PART_NAMES[part]
         if part == "te3":
             label += " (T5-XXL)"
         elif width and clip_family and width in _TE_WIDTH:
@@ -547,7 +547,7 @@ def describe(shapes: Mapping[str, tuple | list | None], metadata: Mapping[str, s
             mod.kinds.discard("full")
         _shape_facts(mod)
     mods = [m for m in modules.values() if m.kinds - {"alpha"}]
-    fmt, notes = _format(list(shapes), mods, metadata, peft_config is not None)
+    fmt, notes = _format(list(shapes), metadata)
     family, evidence = _family(mods, metadata)
     alpha_values: Counter = Counter()
     for value in (alphas or {}).values():
@@ -555,7 +555,7 @@ def describe(shapes: Mapping[str, tuple | list | None], metadata: Mapping[str, s
     if not alpha_values and peft_config and peft_config.get("lora_alpha") is not None:
         alpha_values[float(peft_config["lora_alpha"])] += len(mods)
     ranks = Counter(m.rank for m in mods if m.rank)
-    kinds = _kinds(mods, metadata)
+    kinds = _kinds(mods)
     info = LoraInfo(fmt, kinds, family, evidence, ranks, alpha_values, _parts(mods, family),
                     training_metadata(metadata, peft_config), Counter((dtypes or {}).values()), len(shapes),
                     len(mods), notes)
