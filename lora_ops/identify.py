@@ -330,13 +330,13 @@ def _family(modules: list[Module], metadata: Mapping[str, str]) -> tuple[FamilyR
         ratio6 = any(hidden and o == 6 * hidden for o in mlp) or any(hidden and o == 9 * hidden for o in lin1)
         deeper = (_max_index(modules, r"^double_blocks_(\d+)_") >= 19
                   or _max_index(modules, r"^single_blocks_(\d+)_") >= 38)
+        if ratio6 or hidden in (6144, 4096):
+            return FamilyRef("flux2", hidden), f"Flux.2 blocks (SwiGLU MLP 3x), hidden {hidden}"
+        if has(r"^(distilled_guidance_layer|nerf_)"):
+            return FamilyRef("chroma", hidden), "Flux blocks with Chroma's distilled guidance layer"
         if deeper or has(r"(individual_token_refiner|img_attn_q_norm|img_mod_linear)"):
             return FamilyRef("hunyuan_video", hidden), ("HunyuanVideo double/single blocks (more than Flux.1's "
                                                         "19/38, or its token refiner)")
-        if has(r"^(distilled_guidance_layer|nerf_)"):
-            return FamilyRef("chroma", hidden), "Flux blocks with Chroma's distilled guidance layer"
-        if ratio6 or hidden in (6144, 4096):
-            return FamilyRef("flux2", hidden), f"Flux.2 blocks (SwiGLU MLP 3x), hidden {hidden}"
         if hidden in (3072, None):
             return FamilyRef("flux1", 3072), ("Flux double/single stream blocks, hidden 3072" if hidden else
                                               "Flux double/single stream blocks (no shapes recorded)")

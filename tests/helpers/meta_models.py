@@ -46,6 +46,39 @@ CONFIGS = {
         "use_adaln_lora": True, "adaln_lora_dim": 256, "num_blocks": 28, "num_heads": 16,
         "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0, "rope_w_extrapolation_ratio": 4.0,
         "rope_t_extrapolation_ratio": 1.0}),
+    "Wan 2.1 14B": ("WAN21_T2V", {
+        "image_model": "wan2.1", "dim": 5120, "out_dim": 16, "num_heads": 40, "ffn_dim": 13824, "num_layers": 40,
+        "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "model_type": "t2v"}),
+    "Wan 2.1 1.3B": ("WAN21_T2V", {
+        "image_model": "wan2.1", "dim": 1536, "out_dim": 16, "num_heads": 12, "ffn_dim": 8960, "num_layers": 30,
+        "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "model_type": "t2v"}),
+    "Z-Image": ("ZImage", {
+        "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840, "cap_feat_dim": 2560,
+        "n_layers": 30, "qk_norm": True, "n_heads": 30, "n_kv_heads": 30, "axes_dims": [32, 48, 48],
+        "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
+        "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}),
+    "HiDream": ("HiDream", {
+        "image_model": "hidream", "attention_head_dim": 128, "axes_dims_rope": [64, 32, 32],
+        "caption_channels": [4096, 4096], "max_resolution": [128, 128], "in_channels": 16,
+        "llama_layers": list(range(32)) + [31] * 16, "num_attention_heads": 20, "num_routed_experts": 4,
+        "num_activated_experts": 2, "num_layers": 16, "num_single_layers": 32, "out_channels": 16,
+        "patch_size": 2, "text_emb_dim": 2048}),
+    "HunyuanVideo": ("HunyuanVideo", {
+        "image_model": "hunyuan_video", "in_channels": 16, "patch_size": [1, 2, 2], "out_channels": 16,
+        "vec_in_dim": 768, "axes_dim": [16, 56, 56], "meanflow": False, "context_in_dim": 4096,
+        "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 20, "depth_single_blocks": 40,
+        "theta": 256, "qkv_bias": True, "byt5": False, "guidance_embed": True, "use_cond_type_embedding": False,
+        "vision_in_dim": None}),
+    "SD3.5 Large": ("SD3", {
+        "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 38, "input_size": None,
+        "adm_in_channels": 2048, "context_embedder_config": {
+            "target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 2432}},
+        "num_patches": 36864, "pos_embed_max_size": 192, "qk_norm": "rms", "pos_embed_scaling_factor": None,
+        "x_block_self_attn_layers": []}),
+    "LTXV 2B": ("LTXV", {"image_model": "ltxv", "num_layers": 28, "attention_head_dim": 64,
+                         "cross_attention_dim": 2048}),
 }
 
 
