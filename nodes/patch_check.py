@@ -71,14 +71,19 @@ def patch_misfit(key, patch, weight_shape) -> str | None:
 def _patch_misfit(base, offset, function, patch, weight_shape) -> str | None:
     weight = torch.empty(weight_shape, dtype=torch.float32, device="meta")
     capture = _MisfitFilter(base)
+    # ComfyUI logs through the root logger itself (logging.error), whose filters see every
+    # such record once the level lets it through.
     root = logging.getLogger()
+    level = root.level
     root.addFilter(capture)
+    root.setLevel(min(level or logging.WARNING, logging.WARNING))
     try:
         comfy.lora.calculate_weight([(1.0, patch, 1.0, offset, function)], weight, base)
     except Exception as e:  # a misfit the host did not catch itself
         return f"{type(e).__name__}: {e}"
     finally:
         root.removeFilter(capture)
+        root.setLevel(level)
     if not any(base in m for m in capture.messages):
         return None
     shape = list(weight_shape)
