@@ -77,14 +77,15 @@ def _patch_misfit(base, offset, function, patch, weight_shape) -> str | None:
     level = root.level
     root.addFilter(capture)
     root.setLevel(min(level or logging.WARNING, logging.WARNING))
+    raised = False
     try:
         comfy.lora.calculate_weight([(1.0, patch, 1.0, offset, function)], weight, base)
-    except Exception as e:  # a misfit the host did not catch itself
-        return f"{type(e).__name__}: {e}"
+    except Exception:  # a misfit the host did not catch itself: worded below like the others
+        raised = True
     finally:
         root.removeFilter(capture)
         root.setLevel(level)
-    if not any(base in m for m in capture.messages):
+    if not raised and not capture.messages:
         return None
     shape = list(weight_shape)
     if offset is not None:  # the patch targets a slice of a fused weight
