@@ -106,8 +106,11 @@ def to_core_format(lora: LoraFile, model, clip) -> Converted:
 def family_of_model(model) -> FamilyRef | None:
     """The loaded model's family, from its ``comfy.supported_models`` config class and
     ``unet_config`` (None for a class :mod:`lora_ops.families` does not know)."""
-    config = model.model.model_config
-    return model_family(type(config).__name__, config.unet_config)
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    unet_config = getattr(config, "unet_config", None)
+    if not isinstance(unet_config, dict):  # a model wrapper without a host config: no check
+        return None
+    return model_family(type(config).__name__, unet_config)
 
 
 def _host_version() -> str:
