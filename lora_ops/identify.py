@@ -104,7 +104,6 @@ class LoraInfo:
     tensors: int
     modules: int
     notes: list[str] = field(default_factory=list)
-    unet_layout: str | None = None
     path: str | None = None
     size: int | None = None
     sha256: str | None = None
@@ -153,25 +152,24 @@ def split_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
-def _part_and_flat(module: str) -> tuple[str, str, bool]:
-    """(part, flattened name, doubled kohya prefix?) of a module name."""
+def _part_and_flat(module: str) -> tuple[str, str]:
+    """(part, flattened name without prefixes) of a module name."""
     if module.startswith("text_encoder:"):
-        return "te1", module, False
+        return "te1", module
     if module.startswith("unet:"):
-        return "model", module, False
+        return "model", module
     for prefix, part in _TE_PREFIXES:
         if module.startswith(prefix):
-            return part, module[len(prefix):].replace(".", "_"), False
+            return part, module[len(prefix):].replace(".", "_")
     rest = module
     for prefix in _MODEL_PREFIXES:
         if rest.startswith(prefix) and not (prefix == "transformer." and rest.startswith("transformer.h.")):
             rest = rest[len(prefix):]
             break
     flat = rest.replace(".", "_")
-    doubled = False
     if module.startswith("lora_unet_unet_"):  # diffusers names behind a second kohya prefix
-        flat, doubled = flat[len("unet_"):], True
-    return "model", flat, doubled
+        flat = flat[len("unet_"):]
+    return "model", flat
 
 
 def _shape_facts(mod: Module) -> None:
@@ -528,7 +526,6 @@ def describe(shapes: Mapping[str, tuple | list | None], metadata: Mapping[str, s
     input: what cannot be told is reported as unknown."""
     metadata = dict(metadata or {})
     modules: dict[str, Module] = {}
-    doubled = False
     for key, shape in shapes.items():
         split = split_key(key)
         if split is None:
@@ -536,8 +533,7 @@ def describe(shapes: Mapping[str, tuple | list | None], metadata: Mapping[str, s
         name, kind, role = split
         mod = modules.get(name)
         if mod is None:
-            part, flat, dbl = _part_and_flat(name)
-            doubled |= dbl
+            part, flat = _part_and_flat(name)
             mod = modules[name] = Module(name, part, flat)
         mod.kinds.add(kind)
         mod.tensors[role] = tuple(shape) if shape is not None else None
@@ -562,8 +558,6 @@ def describe(shapes: Mapping[str, tuple | list | None], metadata: Mapping[str, s
     layout = _block_groups(mods)
     if layout:
         info.parts = {(f"{p}: {layout}" if p in ("UNet", "diffusion model") else p): n for p, n in info.parts.items()}
-    if doubled and not any("doubled" in n for n in notes):
-        info.notes.append("doubled prefix lora_unet_unet_")
     claims = metadata.get("ss_base_model_version", "").lower()
     if family is not None and claims and not _claim_agrees(claims, family):
         info.notes.append(f"its metadata says ss_base_model_version={metadata['ss_base_model_version']}, "
