@@ -11,10 +11,13 @@ with a progress bar and the per-block summary table; exit status 1 with one line
 when the inputs cannot give a LoRA.
 
 ``inspect`` validates each file's safetensors structure (see
-:func:`lora_ops.safetensors_io.read_header`) and prints its size, tensor count, parameters,
-dtypes and the metadata keys LoRA trainers write. Exit status: 0 when every file is valid,
-1 when any is not (each invalid file gets one line saying why and what to do), 2 for usage
-errors.
+:func:`lora_ops.safetensors_io.read_header`), prints its size, tensor count, parameters and
+dtypes, then what the file is (:mod:`lora_ops.identify`): key format, adapter kinds, the model
+family it was made for, rank and alpha, the parts it touches, the training metadata, and its
+SHA-256 and AutoV2 (``--no-hash`` leaves those out). A truncated file that still has its
+header is described from it under its INVALID line. Exit status: 0 when every file is
+valid, 1 when any is not (each invalid file gets one line saying why and what to do), 2 for
+usage errors.
 """
 
 from __future__ import annotations
@@ -25,12 +28,18 @@ import sys
 
 from .safetensors_io import SafetensorsError, read_header
 
-# Metadata keys worth showing first (kohya sd-scripts' ss_* and the modelspec standard).
-SHOWN_METADATA = ("modelspec.architecture", "modelspec.title", "ss_network_module", "ss_network_dim",
-                  "ss_network_alpha", "ss_base_model_version", "ss_sd_model_name")
+
+def _describe_lines(path: str, with_hashes: bool) -> list[str]:
+    from .identify import describe_file
+
+    try:
+        info = describe_file(path, with_hashes=with_hashes)
+    except (ValueError, OSError):
+        return []
+    return [f"  {line}" for line in info.lines()]
 
 
-def _inspect(paths: list[str]) -> int:
+def _inspect(paths: list[str], with_hashes: bool = True) -> int:
     status = 0
     for path in paths:
         try:
@@ -38,13 +47,15 @@ def _inspect(paths: list[str]) -> int:
         except (SafetensorsError, OSError) as e:
             print(f"INVALID {e}")
             status = 1
+            if isinstance(e, SafetensorsError):  # a truncated download still has its header
+                for line in _describe_lines(path, False):
+                    print(line)
             continue
         dtypes = ", ".join(f"{k} x{v}" for k, v in sorted(h.dtype_counts().items()))
         print(f"{path}: {h.file_size} bytes, {len(h.tensors)} tensors, "
               f"{h.parameters} parameters ({dtypes}), {len(h.metadata)} metadata keys")
-        for key in SHOWN_METADATA:
-            if key in h.metadata:
-                print(f"  {key} = {h.metadata[key][:200]}")
+        for line in _describe_lines(path, with_hashes):
+            print(line)
     return status
 
 
@@ -176,8 +187,10 @@ def _fetch(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lora_ops", description="LoRA Workbench engine")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="validate safetensors files and summarise them")
+    p = sub.add_parser("inspect", help="validate LoRA files and say what they are: format, family, rank, "
+                       "training metadata, hashes")
     p.add_argument("files", nargs="+", help="paths of .safetensors files")
+    p.add_argument("--no-hash", action="store_true", help="leave out SHA-256 and AutoV2 (no full read)")
     h = sub.add_parser("hash", help="SHA-256, AutoV1, AutoV2, AutoV3 and CRC32 of files, as Civitai computes them")
     h.add_argument("files", nargs="+", help="model files, or folders to hash every model file in (recursively)")
     f = sub.add_parser("fetch", help="download a model file by URL, AIR, hf:// reference or hash, verified")
@@ -213,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--plan-only", action="store_true", help="print the plan and stop")
     args = ap.parse_args(argv)
     if args.command == "inspect":
-        return _inspect(args.files)
+        return _inspect(args.files, not args.no_hash)
     if args.command == "fetch":
         return _fetch(args)
     if args.command == "hash":

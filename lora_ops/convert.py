@@ -57,15 +57,25 @@ _SUFFIX_MAP = {"lora.down": "lora_down", "lora_A": "lora_down", "lora.up": "lora
 _TE_PREFIXES = {"text_encoder.": "lora_te1_", "text_encoder_2.": "lora_te2_"}
 
 
+_XLABS = re.compile(r"^double_blocks\.(\d+)\.processor\.(qkv|proj)_lora([12])\.(down|up)\.weight$")
+# diffusers UNet modules (PEFT names them as diffusers does); other model modules are
+# transformer ones, which ComfyUI reads as ``transformer.<diffusers name>`` in every family.
+_UNET_MODULE = re.compile(r"^(down_blocks|up_blocks|mid_block|conv_in|conv_out|conv_norm_out|time_embedding|"
+                          r"add_embedding)\.")
+
+
 def _kohya_module(prefix: str, module: str) -> str:
     return prefix + module.replace(".", "_")
 
 
 def detect_format(keys: list[str], metadata: Mapping[str, str] | None, has_peft_config: bool) -> str:
-    """Name of the key format: ``"peft"``, ``"cloneofsimo"``, ``"diffusers"`` or ``"comfy"``
+    """Name of the key format: ``"peft"`` (with or without an ``adapter_config.json``),
+    ``"xlabs"``, ``"cloneofsimo"``, ``"diffusers"`` or ``"comfy"``
     (anything ComfyUI reads itself, or nothing this module converts)."""
-    if has_peft_config and any(k.startswith("base_model.model.") for k in keys):
+    if any(k.startswith("base_model.model.") and _DIFFUSERS_SUFFIX.match(k) for k in keys):
         return "peft"
+    if any(_XLABS.match(k) for k in keys):
+        return "xlabs"
     if any(re.match(r"^(unet|text_encoder(_\d)?):\d+:(up|down)$", k) for k in keys):
         return "cloneofsimo"
     if any(k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) and _DIFFUSERS_SUFFIX.match(k)
@@ -111,6 +121,20 @@ def convert_diffusers(sd: Mapping, te_prefixes: Mapping[str, str] | None = None)
     return Converted(out, "diffusers", [f"converted {renamed // 2} diffusers-named modules to kohya names"])
 
 
+def fix_doubled_prefix(sd: Mapping) -> Converted | None:
+    """Rename ``lora_unet_unet_<diffusers name>`` keys (a mis-conversion found in real files:
+    diffusers names behind a doubled kohya prefix) to ``lora_unet_<diffusers name>``, which
+    ComfyUI's key map knows; None when the file has no such keys."""
+    doubled = [k for k in sd if k.startswith("lora_unet_unet_")]
+    if not doubled:
+        return None
+    out = {("lora_unet_" + k[len("lora_unet_unet_"):] if k.startswith("lora_unet_unet_") else k): v
+           for k, v in sd.items()}
+    modules = len({k.split(".", 1)[0] for k in doubled})
+    return Converted(out, "kohya (doubled prefix)",
+                     [f"renamed {modules} modules from the doubled prefix lora_unet_unet_ to lora_unet_"])
+
+
 def peft_alpha(config: Mapping, module: str, rank: int) -> float:
     """The ``.alpha`` value that gives PEFT's scale for ``module`` of rank ``rank``.
 
@@ -130,16 +154,20 @@ def peft_alpha(config: Mapping, module: str, rank: int) -> float:
     return scale * rank
 
 
-def convert_peft(sd: Mapping, config: Mapping, config_name: str = "adapter_config.json") -> Converted:
-    """Convert a PEFT adapter (``base_model.model.<module>.lora_A/B``) to kohya names with
-    ``.alpha`` from its config. Module names under ``text_model.`` go to the text encoder,
-    the rest to the UNet (diffusers names). Raises :class:`ConversionError` for PEFT types
-    other than LoRA and for DoRA adapters (their magnitude vectors have no kohya form).
+def convert_peft(sd: Mapping, config: Mapping | None, config_name: str = "adapter_config.json") -> Converted:
+    """Convert a PEFT adapter (``base_model.model.<module>.lora_A/B``) to names ComfyUI reads,
+    with ``.alpha`` from its config: modules under ``text_model.`` go to the text encoder and
+    diffusers UNet modules to the UNet (kohya names), other modules are transformer ones
+    (``transformer.<module>``, the diffusers DiT names ComfyUI maps). Without a config
+    (``config`` None) no alpha is written: scale 1, noted. Raises :class:`ConversionError`
+    for PEFT types other than LoRA and for DoRA adapters (their magnitude vectors have no
+    kohya form).
     """
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise ConversionError(f"{config_name}: peft_type {config.get('peft_type')!r} is not LORA; only LoRA "
+    cfg = config or {}
+    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
+        raise ConversionError(f"{config_name}: peft_type {cfg.get('peft_type')!r} is not LORA; only LoRA "
                               "adapters can be applied")
-    if config.get("use_dora"):
+    if cfg.get("use_dora"):
         raise ConversionError(f"{config_name}: use_dora is true; PEFT DoRA adapters are not supported yet. "
                               "Use a kohya/LyCORIS DoRA file instead")
     out: dict = {}
@@ -151,19 +179,47 @@ def convert_peft(sd: Mapping, config: Mapping, config_name: str = "adapter_confi
             out[key] = value
             continue
         module = m.group(1)[len("base_model.model."):]
-        prefix = "lora_te1_" if module.startswith("text_model.") else "lora_unet_"
-        name = _kohya_module(prefix, module)
+        if module.startswith("text_model."):
+            name = _kohya_module("lora_te1_", module)
+        elif _UNET_MODULE.match(module):
+            name = _kohya_module("lora_unet_", module)
+        else:
+            name = "transformer." + module
         part = _SUFFIX_MAP[m.group(2)]
         out[f"{name}.{part}.weight"] = value
         if part == "lora_down":
             modules += 1
-            rank = int(value.shape[0])
-            out[f"{name}.alpha"] = _scalar_like(value, peft_alpha(config, module, rank))
-    notes.append(f"converted {modules} PEFT modules (scale lora_alpha/r from {config_name})")
-    base = config.get("base_model_name_or_path")
+            if config is not None:
+                rank = int(value.shape[0])
+                out[f"{name}.alpha"] = _scalar_like(value, peft_alpha(cfg, module, rank))
+    if config is None:
+        notes.append(f"converted {modules} PEFT modules; no {config_name} beside the file, so scale 1 "
+                     "(PEFT's scale is lora_alpha/r: put the adapter's config beside it if it has one)")
+    else:
+        notes.append(f"converted {modules} PEFT modules (scale lora_alpha/r from {config_name})")
+    base = cfg.get("base_model_name_or_path")
     if base:
         notes.append(f"PEFT base model: {base}")
     return Converted(out, "peft", notes)
+
+
+def convert_xlabs(sd: Mapping) -> Converted:
+    """Rename an XLabs Flux LoRA (``double_blocks.N.processor.qkv_lora1.down.weight``; ``lora1``
+    is the image stream, ``lora2`` the text stream) to ComfyUI's own Flux names
+    (``diffusion_model.double_blocks.N.img_attn.qkv.lora_down.weight``). XLabs applies its
+    layers at scale 1 without an alpha, which is also ComfyUI's default. Other keys are kept."""
+    out: dict = {}
+    modules = set()
+    for key, value in sd.items():
+        m = _XLABS.match(key)
+        if not m:
+            out[key] = value
+            continue
+        block, layer, stream, role = m.groups()
+        module = f"diffusion_model.double_blocks.{block}.{'img' if stream == '1' else 'txt'}_attn.{layer}"
+        out[f"{module}.lora_{role}.weight"] = value
+        modules.add(module)
+    return Converted(out, "xlabs", [f"converted {len(modules)} XLabs modules to ComfyUI's Flux names"])
 
 
 def _scalar_like(t, value: float):

@@ -6,6 +6,7 @@ import comfy.lora
 import torch
 
 from ..lora_ops.blocks import block_of, sort_key
+from ..lora_ops.identify import describe_file
 from ..lora_ops.plot import heat_strip
 from .compat import inp, io, out, schema
 from .fetching import record_for, resolve_with_models
@@ -45,7 +46,8 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
             category="LoRA Workbench",
             description=("Shows, per block of this model, how many modules a LoRA changes and how much "
                          "(Frobenius norm of the weight change at strength 1), as a table and a heat strip, "
-                         "to help choose a block spec."),
+                         "to help choose a block spec; then what the file is: format, the model family it was "
+                         "made for, rank and alpha, training metadata, SHA-256 and AutoV2."),
             inputs=[
                 inp(io.Model, "model", tooltip="The model the LoRA is meant for."),
                 lora_source_input(),
@@ -79,6 +81,9 @@ class WorkbenchLoraBlockInfo(io.ComfyNode):
         lines += [f"{b:<12}{n:>8}{v:>14.6g}{100 * v / total:>7.1f}%" for b, (n, v) in norms.items()]
         if prepared.report.misfits or prepared.report.unused_keys:
             lines.append(prepared.report.text())
+        # What the file is (format, family, rank, training metadata, hashes), from its header.
+        lines.append("the file:")
+        lines += [f"  {line}" for line in describe_file(src.path).lines()]
         image = heat_strip(list(norms), [v for _, v in norms.values()], f"{name}: weight change per block",
                            counts=[n for n, _ in norms.values()])
         plot = torch.from_numpy(image)[None]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import comfy.lora
 import comfy.lora_convert
+import comfy.supported_models
 import comfy.utils
 
 from ..lora_ops.block_spec import parse_spec
@@ -30,8 +31,12 @@ from ..lora_ops.convert import (
     convert_cloneofsimo,
     convert_diffusers,
     convert_peft,
+    convert_xlabs,
     detect_format,
+    fix_doubled_prefix,
 )
+from ..lora_ops.families import FamilyRef, mismatch, model_family
+from ..lora_ops.identify import describe
 
 # Re-exported: callers and tests use the LoRA file API through this module.
 from .lora_files import LoraApplyError as LoraApplyError
@@ -89,11 +94,48 @@ def to_core_format(lora: LoraFile, model, clip) -> Converted:
             return convert_diffusers(lora.sd)
         if fmt == "peft":
             return convert_peft(lora.sd, lora.peft_config, os.path.join(os.path.dirname(name), "adapter_config.json"))
+        if fmt == "xlabs":
+            return convert_xlabs(lora.sd)
         if fmt == "cloneofsimo":
             return convert_cloneofsimo(lora.sd, lora.metadata, _diffusers_unet_shapes(model), _te_layers(clip))
     except ConversionError as e:
         raise LoraApplyError(f"LoRA {lora.path}: {e}") from None
-    return Converted(dict(lora.sd), "comfy", [])
+    return fix_doubled_prefix(lora.sd) or Converted(dict(lora.sd), "comfy", [])
+
+
+def family_of_model(model) -> FamilyRef | None:
+    """The loaded model's family, from its ``comfy.supported_models`` config class and
+    ``unet_config`` (None for a class :mod:`lora_ops.families` does not know)."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    unet_config = getattr(config, "unet_config", None)
+    if not isinstance(unet_config, dict):  # a model wrapper without a host config: no check
+        return None
+    return model_family(type(config).__name__, unet_config)
+
+
+def _host_version() -> str:
+    try:
+        import comfyui_version
+
+        return str(comfyui_version.__version__)
+    except ImportError:  # a host tree without the generated version file
+        return ""
+
+
+def family_clash(lora: LoraFile, model):
+    """``(info, why)``: what the file is (:class:`lora_ops.identify.LoraInfo`, told from its
+    shapes and names) and, when it was made for another model family than ``model``'s, why
+    (one clause naming both, see :func:`lora_ops.families.mismatch`), else None. A LoRA whose
+    family cannot be told, or a model of a family this pack does not know, gives None."""
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in lora.sd.items()}
+    info = describe(shapes, lora.metadata, peft_config=lora.peft_config)
+    why = mismatch(info.family, family_of_model(model), _host_version(), set(dir(comfy.supported_models)))
+    return info, why
+
+
+def _family_error(name: str, info, why: str) -> LoraApplyError:
+    return LoraApplyError(f"LoRA {name} is {why}. Use a LoRA made for this model's family "
+                          f"(this file's shapes: {info.family_evidence}).")
 
 
 @dataclass
@@ -207,6 +249,7 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
     # The CLIP patcher's weights are the cond_stage_model's, under the same names.
     te = _structure(clip.cond_stage_model, False) if clip is not None else _Structure({}, {}, set())
     key_map = {**unet.key_map, **te.key_map}
+    info, clash = family_clash(lora, model)
     converted = to_core_format(lora, model, clip)
     if not converted.sd:
         raise LoraApplyError(f"LoRA {name} has no tensors at all; the file is empty. Download it again.")
@@ -215,8 +258,13 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
     unused = sorted(set(tracked) - tracked.read)
     te_unused = sum(looks_like_text_encoder(k) for k in unused) if clip is None else 0
     if not patches:
+        if clash is not None:
+            raise _family_error(name, info, clash)
         sample = ", ".join(list(lora.sd)[:3])
+        same = info.family is not None and mismatch(info.family, family_of_model(model)) is None
         hint = (" Its text-encoder keys need the clip input connected." if te_unused else
+                f" Its shapes are {info.family.label()}'s like this model's, but ComfyUI does not read its "
+                f"key format ({info.format}); convert it to kohya or diffusers names." if same else
                 " It is probably made for another model family; use a LoRA trained for this model.")
         raise LoraApplyError(
             f"LoRA {name} applies nothing to this model: none of its {len(lora.sd)} keys "
@@ -236,6 +284,14 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
             matched.misfits.append((base, why))
             continue
         matched.fitting.append((key, patch, block_of(base), base in model_shapes))
+    if clash is not None:
+        # Refused only when the file does not fit: a family told from a layout another
+        # family shares must never keep a LoRA that fits this model whole from applying.
+        model_unused = [k for k in unused if clip is not None or not looks_like_text_encoder(k)]
+        if matched.misfits or matched.unmatched or model_unused:
+            raise _family_error(name, info, clash)
+        matched.notes = [*matched.notes, f"its shapes look {info.family.label()}, but every module fits this "
+                         "model"]
     return matched
 
 
@@ -271,7 +327,10 @@ def prepare_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
         report.ratio_per_block[bid] = ratio
         (prepared.model_groups if is_model else prepared.clip_groups).setdefault(effective, {})[key] = patch
     if report.misfits and not m.fitting:
-        raise LoraApplyError(f"LoRA {name} fits nothing in this model: {report.text()}")
+        key, why = report.misfits[0]
+        raise LoraApplyError(f"LoRA {name} fits nothing in this model: none of its {len(report.misfits)} modules "
+                             f"has the shape of this model's weight (e.g. {key}: {why}). It is probably made for "
+                             "another variant of this architecture; use a LoRA trained for this model.")
     return prepared
 
 

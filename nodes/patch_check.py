@@ -9,15 +9,21 @@ import comfy.lora
 import torch
 
 
-class _WarningCapture(logging.Handler):
-    """Collects the warnings ComfyUI's patch code logs (it logs misfits instead of raising)."""
+class _MisfitFilter(logging.Filter):
+    """Collects, and keeps out of the log, the lines ComfyUI's patch code logs about one
+    weight (it logs misfits instead of raising): the pack reports them in its own words."""
 
-    def __init__(self):
-        super().__init__(logging.WARNING)
+    def __init__(self, key: str):
+        super().__init__()
+        self.key = key
         self.messages: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.key in message:
+            self.messages.append(message)
+            return False
+        return True
 
 
 def split_patch_key(key) -> tuple[str, tuple | None, object]:
@@ -64,17 +70,48 @@ def patch_misfit(key, patch, weight_shape) -> str | None:
 
 def _patch_misfit(base, offset, function, patch, weight_shape) -> str | None:
     weight = torch.empty(weight_shape, dtype=torch.float32, device="meta")
-    capture = _WarningCapture()
+    capture = _MisfitFilter(base)
+    # ComfyUI logs through the root logger itself (logging.error), whose filters see every
+    # such record once the level lets it through.
     root = logging.getLogger()
     level = root.level
-    root.addHandler(capture)
+    root.addFilter(capture)
     root.setLevel(min(level or logging.WARNING, logging.WARNING))
+    raised = False
     try:
         comfy.lora.calculate_weight([(1.0, patch, 1.0, offset, function)], weight, base)
-    except Exception as e:  # a misfit the host did not catch itself
-        return f"{type(e).__name__}: {e}"
+    except Exception:  # a misfit the host did not catch itself: worded below like the others
+        raised = True
     finally:
-        root.removeHandler(capture)
+        root.removeFilter(capture)
         root.setLevel(level)
-    found = [m for m in capture.messages if base in m]
-    return found[0].replace(base, "").strip(" :") if found else None
+    if not raised and not capture.messages:
+        return None
+    shape = list(weight_shape)
+    if offset is not None:  # the patch targets a slice of a fused weight
+        shape[offset[0]] = offset[2]
+    delta = delta_shape(patch)
+    if delta is None:
+        return f"this model's weight has shape {shape}, which the LoRA's change does not fit"
+    return f"this model's weight has shape {shape}, the LoRA's change has shape {delta}"
+
+
+def delta_shape(patch) -> list[int] | None:
+    """The shape of the weight change a patch makes, read from its tensors' shapes (LoRA,
+    LoHa, LoKr, full diffs); None for other adapter types."""
+    if isinstance(patch, tuple) and len(patch) == 2 and patch[0] in ("diff", "set"):
+        return list(patch[1][0].shape)
+    kind, w = type(patch).__name__, getattr(patch, "weights", None)
+    if w is None:
+        return None
+    if kind == "LoRAAdapter":
+        if w[5] is not None:  # reshape_weight
+            return [int(v) for v in w[5].tolist()]
+        return [w[0].shape[0], *w[1].shape[1:]]
+    if kind == "LoHaAdapter":
+        return [w[0].shape[0], w[1].shape[1]]
+    if kind == "LoKrAdapter":
+        w1 = w[0].shape if w[0] is not None else (w[3].shape[0], w[4].shape[1])
+        w2 = w[1].shape if w[1] is not None else (w[5].shape[0], w[6].shape[1])
+        return [w1[0] * w2[0], w1[1] * w2[1]]
+    return None

@@ -111,7 +111,13 @@ def test_block_info_node_gives_a_table_and_a_heat_strip(sd15, nodes):
     lines = report.splitlines()
     assert lines[0] == f"LoRA {LOKR}: 350 modules in 25 blocks (strength 1)"
     assert lines[1].split() == ["block", "modules", "||dW||_F", "share"]
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    table = lines[2:lines.index("the file:")]
+    rows = {line.split()[0]: line.split() for line in table}
     assert rows["TE.clip_l"][1] == "72" and sum(int(r[1]) for r in rows.values()) == 350
+    about = lines[lines.index("the file:") + 1:]
+    assert about[:3] == ["  format: kohya", "  adapter: LoKr; 350 modules",
+                         "  made for: SD1.x (text context 768) (cross-attention reads a 768-wide text context)"]
+    assert "  SHA256 86C94AD35CF53921F26C7888F018324753813189F5BAF504AFF03F31C5BBF734 AutoV2 86C94AD35C " \
+           "(647722 bytes)" in about
     assert sum(float(r[3].rstrip("%")) for r in rows.values()) == pytest.approx(100, abs=0.5)
     assert plot.dtype == torch.float32 and plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[3] == 3

@@ -26,8 +26,9 @@ def test_inspect_valid_and_invalid(tmp_path):
     assert r.returncode == 1
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"{good}: ") and "1 tensors, 6 parameters (F16 x1)" in lines[0]
-    assert "ss_network_dim = 8" in lines[1]
-    assert lines[2].startswith("INVALID") and "Git LFS pointer" in lines[2]
+    assert "  format: unknown" in lines and "  made for: unknown (no known model layout)" in lines
+    assert "  network dim/alpha (metadata): 8/-" in lines
+    assert lines[-1].startswith("INVALID") and "Git LFS pointer" in lines[-1]
 
 
 def test_inspect_missing_file_and_usage(tmp_path):
@@ -41,4 +42,27 @@ def test_inspect_real_fixture():
     r = run_cli("inspect", str(REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"))
     assert r.returncode == 0
     assert "647722 bytes, 1750 tensors, 201726 parameters (F16 x1750)" in r.stdout
-    assert "ss_network_module = lycoris.kohya" in r.stdout
+    lines = r.stdout.splitlines()
+    # SOURCES.md: kohya key names with LyCORIS LoKr suffixes, SD1.x (NAI animefull base),
+    # network_dim 4, alpha 4; its SHA-256 as SOURCES.md lists it.
+    assert "  format: kohya" in lines and "  adapter: LoKr; 350 modules" in lines
+    assert "  made for: SD1.x (text context 768) (cross-attention reads a 768-wide text context)" in lines
+    assert "  rank: 4; alpha: 4" in lines
+    assert "  trainer: kohya sd-scripts (lycoris.kohya)" in lines
+    assert "  base model name: animefull-final-pruned.safetensors" in lines
+    assert any(line.startswith("  trigger words: smart falcon") for line in lines)
+    assert ("  SHA256 86C94AD35CF53921F26C7888F018324753813189F5BAF504AFF03F31C5BBF734 AutoV2 86C94AD35C "
+            "(647722 bytes)") in lines
+
+
+@pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")
+def test_inspect_truncated_file_is_invalid_and_still_described():
+    path = REAL_LORAS / "edge_cases" / "Srikanth1408__Stable_Diffusion-Hackathon" / "pytorch_lora_weights.safetensors"
+    r = run_cli("inspect", "--no-hash", str(path))
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("INVALID") and "truncated download" in lines[0]
+    # SOURCES.md: an SDXL attention-processor LoRA, context 2048, rank 4.
+    assert lines[1:4] == ["  format: diffusers (attention processors)", "  adapter: LoRA; 560 modules",
+                          "  made for: SDXL (text context 2048) (cross-attention reads a 2048-wide text context)"]
+    assert "  rank: 4; alpha: -" in lines
