@@ -306,15 +306,7 @@ def test_a_lora_of_every_layer_is_told_as_its_family_and_applies_whole(comfy_hos
     assert report.model_modules == len(sd) // 2 and not report.misfits and not report.unused_keys
 
 
-# lora_ops.blocks has no ids yet for some layers of these families (their embedders, Flux.2's
-# shared modulation, HiDream's stacks): part A of issue 13 gives them ids. Not strict, so the
-# test passes here and turns XPASS once part A is merged (then drop the mark).
-_IDS_FROM_PART_A = {"Flux.2 dev", "HiDream", "LTXV 2B", "Z-Image"}
-
-
-@pytest.mark.parametrize("target", [
-    pytest.param(t, marks=pytest.mark.xfail(reason="block ids from part A of issue 13", strict=False))
-    if t in _IDS_FROM_PART_A else t for t in sorted(OWN_FAMILY)])
+@pytest.mark.parametrize("target", sorted(OWN_FAMILY))
 def test_every_layer_a_lora_patches_has_a_block_id(comfy_host, apply, target):
     from lora_workbench.lora_ops.blocks import block_of
 
