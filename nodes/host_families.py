@@ -22,8 +22,8 @@ import comfy.ops
 import comfy.supported_models
 import torch
 
-from ..lora_ops.blocks import MODEL_PREFIX, block_of
 from ..lora_ops.block_layout import family_presets, layout_of
+from ..lora_ops.blocks import MODEL_PREFIX, block_of
 from .host_family_configs import FULL_SIZE
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from lora_ops.block_layout import family_presets, layout_of
 from lora_ops.block_spec import parse_spec
 from lora_ops.blocks import block_of
-from lora_ops.block_layout import family_presets, layout_of
 
 HIDREAM = ["IN", "OUT"] + [f"D{i:02d}" for i in range(16)] + [f"S{i:02d}" for i in range(32)]
 WAN = ["IN", "OUT"] + [f"B{i:02d}" for i in range(40)]
