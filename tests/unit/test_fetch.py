@@ -330,7 +330,7 @@ def test_servers_that_never_give_the_asked_range_end_in_an_error(hub, tmp_path, 
 
 def test_by_hash_never_takes_another_file_of_the_version(hub, tmp_path):
     wrong = "sha256:" + "ab" * 32
-    hub.versions[1001].files[0]["hashes"]["SHA256"] = "AB" * 32  # Civitai claims it...
+    hub.versions[1001].files[0].claimed["SHA256"] = "AB" * 32  # Civitai claims it...
     with pytest.raises(FetchError, match="expected abab"):  # ...but the bytes say otherwise
         fetch(hub, tmp_path, wrong)
     assert "style_a.safetensors" not in listing(tmp_path)
