@@ -453,9 +453,10 @@ class Downloader:
                 raise explain(answer, f"download of {for_log(plan.url)}", settings)
             if status in (429, 500, 502, 503, 504):
                 retry_after = answer.header("Retry-After")
-                answer.close()
+                _body, said = answer.server_says()
                 failures += 1
-                self._retry_or_fail(failures, f"HTTP {status}", retry_after, plan)
+                self._retry_or_fail(failures, f"HTTP {status}" + (f" (the server says: \"{said}\")" if said else ""),
+                                    retry_after, plan, have)
                 continue
             if status == 416:
                 answer.close()
@@ -548,6 +549,9 @@ class Downloader:
         if failures > self.settings.retries:
             keep = (f" The {kept} bytes downloaded so far are kept; run again to resume." if kept
                     else " Try again later.")
+            if what.startswith("HTTP 429"):
+                keep = " The host is limiting how fast you download: wait a few minutes, then run again." + (
+                    keep if kept else "")
             raise FetchError(f"download of {for_log(plan.url)}: {what}, still after {self.settings.retries} "
                              f"retries.{keep}")
         wait = self.client.backoff_s(failures - 1, retry_after)

@@ -34,7 +34,8 @@ or every time with ``drop_always``), ``stall_after`` bytes for ``stall_s`` secon
 ``If-Range`` says), ``expire_after`` bytes (the signed URL then answers 403 until a new one is
 issued by the API), ``status`` (answer that status, e.g. 429/503, ``status_times`` times, with
 ``retry_after``), ``throttle_s`` (sleep after each MiB sent; ``chunk`` sets the step),
-``cut_each`` (every response ends after that many bytes), ``always_416``, ``range_offset`` (answer a Range request from a later byte than asked), ``gzip``
+``cut_each`` (every response ends after that many bytes), ``always_416``, ``range_offset``
+(answer a Range request from a later byte than asked), ``gzip``
 (claim a Content-Encoding), ``no_etag``, ``no_length`` (no Content-Length: the body ends when
 the connection closes), ``listed_size`` (the size Hugging Face's HEAD announces, instead of
 the real one). ``Hub.civitai_limit`` answers Civitai's 429 (with its JSON body) that many times.
@@ -262,7 +263,7 @@ class Hub:
             handler = type(f"{role}Handler", (_Handler,), {"hub": self, "role": role})
             srv = ThreadingHTTPServer((host, 0), handler)
             srv.daemon_threads = True
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
             self._servers.append(srv)
             base = f"http://{host}:{srv.server_address[1]}"
             if role == "hf":
@@ -423,9 +424,9 @@ class _Handler(BaseHTTPRequestHandler):
         v = hub.versions.get(vid)
         if v is None:
             return self._civitai_error("model_not_found")
-        if "type" in query and query["type"] not in CIVITAI_FILE_TYPES or \
-                "format" in query and query["format"] not in CIVITAI_FORMATS:
-            bad = "type" if "type" in query and query["type"] not in CIVITAI_FILE_TYPES else "format"
+        bad = next((k for k, known in (("type", CIVITAI_FILE_TYPES), ("format", CIVITAI_FORMATS))
+                    if k in query and query[k] not in known), None)
+        if bad:
             return self._json(400, {"error": f"Invalid enum value for {bad}: {query[bad]!r}"})
         if v.archived:
             return self._civitai_error("archived")

@@ -19,6 +19,7 @@ from lora_ops.fetch import Fetcher
 from lora_ops.fetch_settings import FetchSettings
 from lora_ops.http_client import Client, FetchError, token_for
 from lora_ops.remote import _choose_file
+from lora_ops.service_errors import explain
 
 TOKEN = "planted-civitai-token-77a1"
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "civitai" / "version_1255556.json"
@@ -104,7 +105,7 @@ def test_recorded_version_json_is_fetched(hub, tmp_path):
                                       "BLAKE3": recorded["files"][0]["hashes"]["BLAKE3"]}
     recorded["files"][0]["sizeKB"] = served["files"][0]["sizeKB"]
     recorded["files"][0]["downloadUrl"] = recorded["downloadUrl"] = served["downloadUrl"]
-    hub.version_json = lambda _v: recorded  # noqa: E731 (the recorded shape, verbatim otherwise)
+    hub.version_json = lambda _v: recorded  # the recorded shape, verbatim otherwise
     r = fetch(hub, tmp_path, f"{hub.api_base}/api/download/models/1255556?type=Model&format=SafeTensor"
                              "&size=pruned&fp=fp16")
     assert r.name == "pp-enchanted-whimsy.safetensors" and r.sha256 == hub.blobs["rec"].sha256()
@@ -116,7 +117,8 @@ def _query(url: str) -> dict:
 
 SAFE_FORMS = ["", "?type=Model&format=SafeTensor", "?type=Model&format=SafeTensor&size=pruned&fp=fp16",
               "?type=Model&format=SafeTensor&size=full&fp=fp32", "?format=SafeTensor&fp=fp32", "?size=full",
-              "?type=VAE", "?type=VAE&format=SafeTensor&size=pruned", "?type=Model&format=GGUF&size=pruned&quantType=Q8_0",
+              "?type=VAE", "?type=VAE&format=SafeTensor&size=pruned",
+              "?type=Model&format=GGUF&size=pruned&quantType=Q8_0",
               "?type=Model&format=GGUF&size=pruned&quantType=Q4_K_M", "?type=Model&format=GGUF",
               "?type=Pruned%20Model", "?fileId=90011", "?fileId=90016", "?type=Model&fileId=90017"]
 
@@ -226,7 +228,7 @@ def test_archived_version_says_archived(hub, tmp_path):
     ("missing_file", r"Missing model file", "token"),
     ("archived", r"archived", "token"),
     ("no_access", r"do not have access.*model page", "CIVITAI_API_TOKEN"),
-    ("login", r"requires you to be logged in.*token was refused", None),
+    ("login", r"requires you to be logged in.*token sent was refused", None),
     ("disabled", r"creator has disabled downloads.*No token", "token was refused"),
     ("rate_limit", r"unusual amount of downloading.*wait", "connection failed"),
 ])
@@ -264,9 +266,17 @@ def test_early_access_with_and_without_deadline(hub, tmp_path, deadline, words):
         fetch(hub, tmp_path, "civitai:900@9001")
 
 
-def test_a_bad_query_value_gets_civitais_validation_message(hub, tmp_path):
-    with pytest.raises(FetchError, match=r"Invalid enum value for type.*type="):
+def test_a_type_civitai_does_not_know_is_named_before_any_request(hub, tmp_path):
+    with pytest.raises(FetchError, match=r"type=Checkpoint is not a file type Civitai knows.*Model, Pruned Model"):
         fetch(hub, tmp_path, f"{hub.api_base}/api/download/models/9001?type=Checkpoint")
+    assert hub.count("api", "/api/download/") == 0
+
+
+def test_civitais_400_body_is_explained(hub):
+    settings = settings_for(hub)
+    answer = Client(settings).request("GET", f"{hub.api_base}/api/download/models/9001?format=Zip")
+    e = explain(answer, "download of civitai 9001", settings)
+    assert e.status == 400 and "Invalid enum value for format" in str(e) and "copy the URL again" in str(e)
 
 
 # -- model id only: the first version the user can download ---------------------------------------
@@ -326,7 +336,7 @@ def test_an_api_404_does_not_spoil_the_next_call(hub, tmp_path):
     ("hf://org/typo/x.safetensors", "hf-good", r"RepoNotFound|does not exist", "gated"),
     ("hf://org/repo/missing.safetensors", None, r"no file missing\.safetensors.*revision main", "gated"),
     ("hf://org/repo@nosuchbranch/x.safetensors", None, r"no revision 'nosuchbranch'.*branch, tag or commit",
-     "file"),
+     "no file"),
     ("hf://org/gated/x.safetensors", None, r"gated.*accept its terms.*HF_TOKEN", None),
     ("hf://org/gated/x.safetensors", "hf-good", r"gated.*not accepted.*account", None),
 ])
