@@ -585,6 +585,8 @@ class _Handler(BaseHTTPRequestHandler):
         for key in ("drop_after", "stall_after", "expire_after"):
             if fault.get(key) is not None and start < fault[key]:
                 limit = min(limit, fault[key])
+        if fault.get("drop_always") and fault.get("drop_after") is not None and start >= fault["drop_after"]:
+            limit = start  # dropped at that byte every time: a resume from there gets nothing
         if fault.get("cut_each"):
             limit = min(limit, start + fault["cut_each"])
         pos = start
