@@ -54,6 +54,7 @@ CHUNK = 1 << 20
 PART_SUFFIX = ".part"
 SAFETENSORS_EXT = (".safetensors", ".sft")
 PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
+ARCHIVE_EXT = (".zip", ".7z", ".rar", ".tar", ".gz")
 _process_locks: dict[str, threading.Lock] = {}
 _published: dict[str, dict] = {}  # key -> what it was last published as (see Downloader._record_published)
 _process_locks_guard = threading.Lock()
@@ -237,6 +238,11 @@ def check_content(path: str, name: str, allow_pickle: bool) -> tuple[str, list[s
             notes.append(f"{name} holds safetensors data; saved as {new} so ComfyUI reads it as such.")
             name = new
         return name, notes
+    if head.startswith(b"PK\x03\x04") and (lower.endswith(ARCHIVE_EXT) or _plain_zip(path)):
+        # A zip that is not a PyTorch checkpoint: training data, a packed Diffusers folder.
+        raise SafetensorsError(name, "is a .zip archive (training data or a packed folder), not a model file "
+                               "ComfyUI loads", "Fetch the model file itself (.safetensors); allow_pickle does "
+                               "not change this")
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         if lower.endswith(SAFETENSORS_EXT):
             raise SafetensorsError(name, "is a pickle (PyTorch .ckpt/.pt) file under a .safetensors name",
@@ -262,6 +268,18 @@ def check_content(path: str, name: str, allow_pickle: bool) -> tuple[str, list[s
     notes.append(f"{name}: format not recognised, so only its size (and its SHA-256, when the host gave one) "
                  "could be checked.")
     return name, notes
+
+
+def _plain_zip(path: str) -> bool:
+    """Whether ``path`` is a readable zip without the ``data.pkl`` every PyTorch checkpoint has
+    (so an archive, not a model). Only the zip's directory is read, nothing is unpickled."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return not any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False  # not a readable zip: judged as a pickle below
 
 
 def _content_range(value: str | None) -> tuple[int, int | None] | None:

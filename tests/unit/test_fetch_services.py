@@ -373,3 +373,29 @@ def test_by_hash_lookup_404_is_not_retried(hub, tmp_path):
     with pytest.raises(FetchError):
         fetch(hub, tmp_path, "sha256:" + hashlib.sha256(b"nothing").hexdigest())
     assert hub.count("api", "/by-hash/") == 1
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_a_zip_from_a_plain_url_is_an_archive_never_a_pickle(hub, tmp_path):
+    """Without metadata (a plain URL), the bytes decide: a zip without data.pkl is an archive,
+    refused even with allow_pickle; a PyTorch zip checkpoint is a pickle, admitted only with it."""
+    hub.add_blob("z1", "dataset.zip", _zip({"img/001.png": b"\x89PNG" + b"\x00" * 100, "img/001.txt": b"a cat"}))
+    hub.add_blob("z2", "looks_like.ckpt", _zip({"img/001.png": b"\x89PNG" + b"\x00" * 100}))
+    hub.add_blob("z3", "real.ckpt", _zip({"archive/data.pkl": b"\x80\x02}q\x00.", "archive/data/0": b"\x00" * 64}))
+    for name in ("dataset.zip", "looks_like.ckpt"):
+        with pytest.raises(FetchError, match=r"zip archive.*not a model file.*allow_pickle does not change this"):
+            fetch(hub, tmp_path, f"{hub.api_base}/files/{name}", settings={"allow_pickle": True})
+    with pytest.raises(FetchError, match=r"pickle"):
+        fetch(hub, tmp_path, f"{hub.api_base}/files/real.ckpt")
+    r = fetch(hub, tmp_path, f"{hub.api_base}/files/real.ckpt", settings={"allow_pickle": True})
+    assert r.name == "real.ckpt" and os.listdir(tmp_path / "models") == ["real.ckpt"]
