@@ -56,7 +56,7 @@ SAFETENSORS_EXT = (".safetensors", ".sft")
 PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
 ARCHIVE_EXT = (".zip", ".7z", ".rar", ".tar", ".gz")
 _process_locks: dict[str, threading.Lock] = {}
-_published: dict[str, dict] = {}  # key -> what it was last published as (see Downloader._record_published)
+_published: dict[tuple[str, str], dict] = {}  # (key, folder) -> last publish (see Downloader._record_published)
 _process_locks_guard = threading.Lock()
 
 Progress = Callable[[int, int | None], None]
@@ -337,8 +337,11 @@ class Downloader:
                 if lock is not None:
                     lock.release()
 
-    def _record_path(self, key: str) -> str | None:
-        return os.path.join(self.lock_dir, f"{_key_hash(key)}.published.json") if self.lock_dir else None
+    def _record_path(self, key: str, folder: str) -> str | None:
+        # One record per key and folder: a fetch of the same source into another folder must not
+        # hide this folder's record from the fetches waiting here.
+        return os.path.join(self.lock_dir, f"{_key_hash(key + chr(0) + os.path.realpath(folder))}.published.json") \
+            if self.lock_dir else None
 
     def _record_published(self, key: str, folder: str, done: Downloaded) -> None:
         """Note, under the key's lock, which file this key was published as, for the fetches
@@ -351,8 +354,8 @@ class Downloader:
         record = {"folder": os.path.realpath(folder), "path": done.path, "size": st.st_size,
                   "mtime_ns": st.st_mtime_ns, "sha256": done.sha256, "at": time.time()}
         with _process_locks_guard:
-            _published[key] = record
-        path = self._record_path(key)
+            _published[(key, record["folder"])] = record
+        path = self._record_path(key, folder)
         if path:
             tmp = f"{path}.{uuid.uuid4().hex[:6]}.tmp"
             try:
@@ -366,8 +369,8 @@ class Downloader:
         """The file another fetch of ``key`` published into ``folder`` while this one waited for
         the lock (since ``since``), if it is still there unchanged; else None."""
         with _process_locks_guard:
-            record = _published.get(key)
-        path = self._record_path(key)
+            record = _published.get((key, os.path.realpath(folder)))
+        path = self._record_path(key, folder)
         if path and os.path.isfile(path):
             try:
                 with open(path, encoding="utf-8") as f:

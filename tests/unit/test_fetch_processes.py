@@ -90,3 +90,46 @@ def test_two_processes_end_with_one_correct_file(hub, tmp_path, locked):
         assert hub.served_bytes["big"] == size  # one transfer; the other process waited and found the file
     else:
         assert hub.served_bytes["big"] >= size
+
+
+def test_stress_workers_kills_and_cuts_serve_the_file_about_once_per_folder(hub, tmp_path):
+    """Bounded stress run: eight fetch processes of one plain URL (no file name until the server
+    names it), six into a shared folder and two into a private one, the server throttled and
+    cutting every response after 2 MiB, and workers SIGKILLed mid-run and restarted at once
+    (before the dead ones are reaped). Every surviving worker ends with the served bytes, no part
+    is left, and the server sends about one copy per folder, not one per worker."""
+    import random
+
+    rnd = random.Random(14)
+    blob = hub.add_blob("plain", "plain_model.safetensors", safetensors_bytes(21, 2 * MIB))  # 8 MiB
+    hub.fault("plain", throttle_s=0.03, chunk=256 * 1024, cut_each=2 * MIB)
+    home = home_for(tmp_path, hub)
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    url = f"{hub.api_base}/files/plain_model.safetensors"
+
+    def start(folder) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "lora_ops", "fetch", url, "--dir", str(folder), "--home",
+                                 home, "-q"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    workers = [(start(shared), shared) for _ in range(6)] + [(start(private), private) for _ in range(2)]
+    killed = []
+    deadline = time.monotonic() + 60
+    for at in (0.5, 1.2, 2.0):
+        time.sleep(max(0.0, at - (60 - (deadline - time.monotonic()))))
+        i = rnd.randrange(6)
+        proc, folder = workers[i]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed.append(proc)  # reaped only at the end: it stays a zombie meanwhile
+            workers[i] = (start(folder), folder)
+    results = []
+    for proc, _folder in workers:
+        results.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic())))
+    for proc in killed:
+        proc.wait(10)
+    assert [p.returncode for p, _f in workers] == [0] * 8, results
+    for folder in (shared, private):
+        assert os.listdir(folder) == ["plain_model.safetensors"], os.listdir(folder)
+        assert (folder / "plain_model.safetensors").read_bytes() == blob.data
+    served = hub.served_bytes["plain"] / blob.size
+    assert served <= 2.6, f"served {served:.2f} copies for two folders: " + " | ".join(o for o, _e in results)
