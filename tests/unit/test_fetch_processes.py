@@ -112,14 +112,29 @@ def test_stress_workers_kills_and_cuts_serve_the_file_about_once_per_folder(hub,
                                  home, "-q"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     workers = [(start(shared), shared) for _ in range(6)] + [(start(private), private) for _ in range(2)]
-    killed = []
+    killed, holders_killed = [], 0
     deadline = time.monotonic() + 60
-    for at in (0.5, 1.2, 2.0):
-        time.sleep(max(0.0, at - (60 - (deadline - time.monotonic()))))
-        i = rnd.randrange(6)
+    for _kill in range(3):
+        # Wait until some worker holds the lock and writes a part (a few hundred ms in), then kill it.
+        i, wait_until = None, time.monotonic() + 10
+        while i is None and time.monotonic() < wait_until:
+            writers = []
+            for folder in (shared, private):
+                for n in parts(folder):
+                    if n.endswith(".part.json"):
+                        try:
+                            writers.append(json.loads((folder / n).read_text())["pid"])
+                        except (OSError, ValueError, KeyError):
+                            pass
+            i = next((k for k, (p, _f) in enumerate(workers) if p.pid in writers and p.poll() is None), None)
+            time.sleep(0.05)
+        if i is None:
+            break  # everything finished already
+        time.sleep(rnd.uniform(0.05, 0.3))  # somewhere into its transfer
         proc, folder = workers[i]
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
+            holders_killed += 1
             killed.append(proc)  # reaped only at the end: it stays a zombie meanwhile
             workers[i] = (start(folder), folder)
     results = []
@@ -132,4 +147,9 @@ def test_stress_workers_kills_and_cuts_serve_the_file_about_once_per_folder(hub,
         assert os.listdir(folder) == ["plain_model.safetensors"], os.listdir(folder)
         assert (folder / "plain_model.safetensors").read_bytes() == blob.data
     served = hub.served_bytes["plain"] / blob.size
-    assert served <= 2.6, f"served {served:.2f} copies for two folders: " + " | ".join(o for o, _e in results)
+    print(f"stress: served {served:.2f} copies of the file, {len(killed)} workers killed, "
+          f"{holders_killed} of them while writing")
+    assert holders_killed >= 1  # a writer's part was taken over, not only waiters killed
+    # One copy per folder, plus what a killed worker had in flight (socket buffers on loopback hold
+    # a few hundred KB to a few MB); before waiters looked for the published file: 8 copies.
+    assert served <= 3.0, f"served {served:.2f} copies for two folders: " + " | ".join(o for o, _e in results)
