@@ -106,6 +106,17 @@ def choose_file(files: list[dict], file_id: int | None, filters: dict, hash_kind
     return best, f"the file Civitai serves for {asked}"
 
 
+def why_not(f: dict, filters: dict, file_id: int | None, hash_kind: str | None) -> str:
+    """Why ``f`` was not the file taken, in a few words."""
+    if file_id is not None:
+        return "another file id"
+    if hash_kind is not None:
+        return f"another {hash_kind}"
+    if filters:
+        return _ruled_out(f, filters) or "further down Civitai's preference order"
+    return "not the primary file"
+
+
 def describe_file(f: dict) -> str:
     facts = file_facts(f)
     bits = [str(f.get("type") or "?")] + [str(facts[k]) for k in PREFERENCE_KEYS if facts.get(k)]

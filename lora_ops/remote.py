@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-from .civitai_files import choose_file, describe_file, pick_version, refusal
+from .civitai_files import choose_file, describe_file, pick_version, refusal, why_not
 from .fetch_settings import FetchSettings
 from .http_client import Answer, Client, FetchError
 from .netguard import for_log, host_matches, is_loopback_host, safe_filename
@@ -173,7 +173,8 @@ class Resolver:
             "trained_words": [w for w in _list(version.get("trainedWords")) if isinstance(w, str)],
         }
         if len(files) > 1:
-            others = ", ".join(describe_file(f) for f in files if f is not chosen)
+            others = "; ".join(f"{describe_file(f)}: {why_not(f, filters, file_id, by_hash and by_hash.kind)}"
+                               for f in files if f is not chosen)
             plan.notes.append(f"{label} has {len(files)} files; took {describe_file(chosen)}: {why}. "
                               f"Not taken: {others}.")
         if sha is None:

@@ -134,6 +134,8 @@ def test_each_download_url_form_gets_the_file_civitais_server_serves(hub, tmp_pa
         return
     r = fetch(hub, tmp_path, source)
     assert r.sha256 == hub.blobs[served.blob].sha256(), (form, served)
+    if "format=SafeTensor&size=full" in form:  # the report says why each other file was not taken
+        assert "flux_style.gguf (Model, GGUF, pruned, Q8_0): format GGUF, not SafeTensor" in " ".join(r.notes)
 
 
 def test_every_listed_download_url_gets_its_own_file(hub, tmp_path):
@@ -150,6 +152,9 @@ def test_every_listed_download_url_gets_its_own_file(hub, tmp_path):
 def test_page_url_air_and_file_id_forms(hub, tmp_path):
     r = fetch(hub, tmp_path, f"{hub.api_base}/models/900/flux-style?modelVersionId=9001")
     assert r.sha256 == hub.blobs["st"].sha256()
+    taken = next(n for n in r.notes if "took" in n)
+    assert "has 8 files; took flux_style.safetensors (Model, SafeTensor, pruned, fp16): the version's primary" in taken
+    assert "training_data.zip (Training Data, Other): not the primary file" in taken
     for n, (source, blob) in enumerate([("urn:air:flux1:lora:civitai:900@9001", "st"),
                                         ("urn:air:flux1:lora:civitai:900@9001+90011", "st32"),
                                         ("air:flux1:lora:civitai:900@9001+90017", "vae"),
