@@ -126,7 +126,9 @@ class Resolver:
         if not isinstance(version, dict) or not isinstance(version.get("files"), list):
             raise FetchError("Civitai answered a model version without a file list; try again later.")
         vid = version.get("id")
-        label = f"Civitai model version {version.get('name') or ''} ({vid})".replace("version  (", "version (")
+        vname = version.get("name")
+        label = f"Civitai model version {vname} ({vid})" if isinstance(vname, str) and vname else \
+            f"Civitai model version {vid}"
         files = [f for f in version["files"] if isinstance(f, dict)]
         for f in files:  # the fields used below, with the types the API documents (metadata may be null)
             f["hashes"], f["metadata"] = _dict(f.get("hashes")), _dict(f.get("metadata"))
