@@ -177,7 +177,7 @@ def version_state(v: dict) -> str | None:
 def pick_version(model_id, versions: list[dict]) -> tuple[dict, list[str]]:
     """(the first version that can be downloaded, notes saying which was taken and which were
     skipped and why). Raises :class:`FetchError` when none can be."""
-    skipped = []
+    skipped, skipped_ids = [], []
     for v in versions:
         if not isinstance(v, dict) or not isinstance(v.get("id"), int) or isinstance(v.get("id"), bool):
             continue
@@ -187,10 +187,11 @@ def pick_version(model_id, versions: list[dict]) -> tuple[dict, list[str]]:
             notes = [f"Civitai model {model_id}: took version {label}, the first one on the model page that can be "
                      "downloaded now."]
             if skipped:
-                notes.append("Skipped " + "; ".join(skipped) + ". To fetch one of those, give its version: "
-                             f"civitai:{model_id}@<version id>.")
+                notes.append("Skipped " + "; ".join(skipped) + ". To fetch one of those, give its version, e.g. "
+                             f"civitai:{model_id}@{skipped_ids[0]}.")
             return v, notes
         skipped.append(f"{label}: {why}")
+        skipped_ids.append(v["id"])
     if not skipped:
         raise FetchError(f"Civitai model {model_id} has no published version to download.")
     raise FetchError(f"Civitai model {model_id} has no version you can download now: " + "; ".join(skipped) +
