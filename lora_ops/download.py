@@ -54,7 +54,9 @@ CHUNK = 1 << 20
 PART_SUFFIX = ".part"
 SAFETENSORS_EXT = (".safetensors", ".sft")
 PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
+ARCHIVE_EXT = (".zip", ".7z", ".rar", ".tar", ".gz")
 _process_locks: dict[str, threading.Lock] = {}
+_published: dict[tuple[str, str], dict] = {}  # (key, folder) -> last publish (see Downloader._record_published)
 _process_locks_guard = threading.Lock()
 
 Progress = Callable[[int, int | None], None]
@@ -97,7 +99,14 @@ def _alive(pid: int, host: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # kill(pid, 0) also succeeds for a process that has exited but is not reaped yet (a zombie):
+    # it writes nothing any more, and its lock is already released.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[-1].split()[:1]
+        return state not in (["Z"], ["X"])
+    except OSError:
+        return True  # no /proc (not Linux): cannot tell, rely on staleness
 
 
 class _Part:
@@ -158,11 +167,13 @@ def _new_part(folder: str, stem: str, key: str) -> _Part:
 
 
 def _adopt_part(folder: str, key: str, stall_s: float) -> _Part | None:
-    """Claim a resumable part for ``key`` left by a writer that is gone; None when there is none."""
+    """Claim a resumable part for ``key`` left by a writer that is gone, the longest one when
+    several were left (each run that died kept its own); None when there is none."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return None
+    abandoned: list[tuple[int, str, str, dict]] = []
     for name in sorted(names):
         if not name.endswith(PART_SUFFIX + ".json"):
             continue
@@ -185,6 +196,8 @@ def _adopt_part(folder: str, key: str, stall_s: float) -> _Part | None:
         stale = time.time() - st.st_mtime > 2 * stall_s
         if _alive(pid, str(meta.get("host", ""))) and not stale:
             continue
+        abandoned.append((st.st_size, part_path, sidecar, meta))
+    for _size, part_path, sidecar, meta in sorted(abandoned, key=lambda a: -a[0]):
         stem = os.path.basename(part_path).rsplit(".", 2)[0]
         mine = os.path.join(folder, f"{stem}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
         try:
@@ -198,6 +211,9 @@ def _adopt_part(folder: str, key: str, stall_s: float) -> _Part | None:
         meta.update(pid=os.getpid(), host=socket.gethostname())
         part = _Part(mine, meta)
         part.save_meta()
+        for _s, other, _sidecar, _m in abandoned:  # shorter leftovers of dead writers: only disk use
+            if other != part_path:
+                _Part(other, {}).remove()
         return part
     return None
 
@@ -222,6 +238,11 @@ def check_content(path: str, name: str, allow_pickle: bool) -> tuple[str, list[s
             notes.append(f"{name} holds safetensors data; saved as {new} so ComfyUI reads it as such.")
             name = new
         return name, notes
+    if head.startswith(b"PK\x03\x04") and (lower.endswith(ARCHIVE_EXT) or _plain_zip(path)):
+        # A zip that is not a PyTorch checkpoint: training data, a packed Diffusers folder.
+        raise SafetensorsError(name, "is a .zip archive (training data or a packed folder), not a model file "
+                               "ComfyUI loads", "Fetch the model file itself (.safetensors); allow_pickle does "
+                               "not change this")
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         if lower.endswith(SAFETENSORS_EXT):
             raise SafetensorsError(name, "is a pickle (PyTorch .ckpt/.pt) file under a .safetensors name",
@@ -247,6 +268,18 @@ def check_content(path: str, name: str, allow_pickle: bool) -> tuple[str, list[s
     notes.append(f"{name}: format not recognised, so only its size (and its SHA-256, when the host gave one) "
                  "could be checked.")
     return name, notes
+
+
+def _plain_zip(path: str) -> bool:
+    """Whether ``path`` is a readable zip without the ``data.pkl`` every PyTorch checkpoint has
+    (so an archive, not a model). Only the zip's directory is read, nothing is unpickled."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return not any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False  # not a readable zip: judged as a pickle below
 
 
 def _content_range(value: str | None) -> tuple[int, int | None] | None:
@@ -283,6 +316,7 @@ class Downloader:
         """
         key = plan.key()
         os.makedirs(folder, exist_ok=True)
+        asked = time.time()
         with _process_lock(key):
             lock = FileLock(os.path.join(self.lock_dir, f"{_key_hash(key)}.lock")) if self.lock_dir else None
             if lock is not None:
@@ -294,10 +328,69 @@ class Downloader:
                     except LockTimeout:
                         self.client.check_cancel()
             try:
-                return self._download_locked(plan, folder, filename, key)
+                done = self._published_meanwhile(key, folder, asked) if not (filename or plan.filename) else None
+                if done is None:
+                    done = self._download_locked(plan, folder, filename, key)
+                    self._record_published(key, folder, done)
+                return done
             finally:
                 if lock is not None:
                     lock.release()
+
+    def _record_path(self, key: str, folder: str) -> str | None:
+        # One record per key and folder: a fetch of the same source into another folder must not
+        # hide this folder's record from the fetches waiting here.
+        return os.path.join(self.lock_dir, f"{_key_hash(key + chr(0) + os.path.realpath(folder))}.published.json") \
+            if self.lock_dir else None
+
+    def _record_published(self, key: str, folder: str, done: Downloaded) -> None:
+        """Note, under the key's lock, which file this key was published as, for the fetches
+        that waited on the lock (a plain URL has no file name until its server names it, so
+        they could not look for the file otherwise)."""
+        try:
+            st = os.stat(done.path)
+        except OSError:
+            return
+        record = {"folder": os.path.realpath(folder), "path": done.path, "size": st.st_size,
+                  "mtime_ns": st.st_mtime_ns, "sha256": done.sha256, "at": time.time()}
+        with _process_locks_guard:
+            _published[(key, record["folder"])] = record
+        path = self._record_path(key, folder)
+        if path:
+            tmp = f"{path}.{uuid.uuid4().hex[:6]}.tmp"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(record, f)
+                os.replace(tmp, path)
+            except OSError as e:  # only an optimisation for waiters: never fail a finished download
+                log.debug("could not record %s: %s", path, e)
+
+    def _published_meanwhile(self, key: str, folder: str, since: float) -> Downloaded | None:
+        """The file another fetch of ``key`` published into ``folder`` while this one waited for
+        the lock (since ``since``), if it is still there unchanged; else None."""
+        with _process_locks_guard:
+            record = _published.get((key, os.path.realpath(folder)))
+        path = self._record_path(key, folder)
+        if path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    on_disk = json.load(f)
+                if isinstance(on_disk, dict) and (record is None or on_disk.get("at", 0) > record.get("at", 0)):
+                    record = on_disk
+            except (OSError, ValueError, RecursionError):
+                pass
+        if not isinstance(record, dict) or not isinstance(record.get("at"), (int, float)) or record["at"] < since \
+                or record.get("folder") != os.path.realpath(folder):
+            return None
+        try:
+            st = os.stat(record["path"])
+        except (OSError, TypeError, KeyError):
+            return None
+        if st.st_size != record.get("size") or st.st_mtime_ns != record.get("mtime_ns"):
+            return None
+        return Downloaded(record["path"], st.st_size, str(record.get("sha256")), fresh=False,
+                          notes=[f"{os.path.basename(record['path'])} was downloaded by another fetch of the same "
+                                 "source while this one waited; used as it is."])
 
     def _existing(self, plan: Plan, folder: str, name: str) -> Downloaded | None:
         dest = safe_join(folder, name)
@@ -417,6 +510,9 @@ class Downloader:
         url = plan.url  # the origin; a signed storage URL is reused for resumes until it fails
         signed: str | None = None
         failures = 0
+        # Progress is a byte this run never had before: a transfer restarted from 0 that is cut again
+        # at the same place is not progress, so a server that always forces a restart still ends.
+        high_water = have
         refreshes = 0
         disposition = part.meta.get("disposition")
         while True:
@@ -453,9 +549,10 @@ class Downloader:
                 raise explain(answer, f"download of {for_log(plan.url)}", settings)
             if status in (429, 500, 502, 503, 504):
                 retry_after = answer.header("Retry-After")
-                answer.close()
+                _body, said = answer.server_says()
                 failures += 1
-                self._retry_or_fail(failures, f"HTTP {status}", retry_after, plan)
+                self._retry_or_fail(failures, f"HTTP {status}" + (f" (the server says: \"{said}\")" if said else ""),
+                                    retry_after, plan, have)
                 continue
             if status == 416:
                 answer.close()
@@ -474,6 +571,18 @@ class Downloader:
             length = answer.header("Content-Length")
             if status == 206:
                 cr = _content_range(answer.header("Content-Range"))
+                if _changed(part.meta, answer):
+                    # The object changed since the part was written, and the server sent the rest of the
+                    # new one anyway (it ignored If-Range): splicing would publish neither version.
+                    log.info("%s changed since the part was written; starting over", for_log(url))
+                    answer.close()
+                    _restart(part)
+                    have, hasher, resumed_from, total = 0, StreamHasher(), 0, None
+                    part.meta.pop("etag", None)
+                    part.meta.pop("last_modified", None)
+                    failures += 1
+                    self._retry_or_fail(failures, "the file changed on the server during the download", None, plan)
+                    continue
                 if cr is None or cr[0] != have or (total is not None and cr[1] is not None and cr[1] != total):
                     # Not the continuation we asked for: start over without Range.
                     answer.close()
@@ -504,14 +613,13 @@ class Downloader:
                                  "changed: check the model page.")
             if answer.url != url:
                 signed = answer.url
-            before = have
             try:
                 have = self._stream(answer, part, hasher, have, total, limit)
             except (Urllib3Error, OSError) as e:
                 if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
                     raise  # a local write error (disk full): not the network's fault
-                failures = 0 if have > before else failures + 1
-                have = part.size()
+                have = part.size()  # what arrived before the cut (the stream raised before returning it)
+                failures, high_water = (0, have) if have > high_water else (failures + 1, high_water)
                 self._retry_or_fail(failures + 1, f"connection dropped at byte {have} ({_why(e)})",
                                     None, plan, have)
                 continue
@@ -520,7 +628,7 @@ class Downloader:
             if total is None:
                 return hasher.hexdigest(), None, signed or url, disposition, resumed_from
             if have < total:
-                failures = 0 if have > before else failures + 1
+                failures, high_water = (0, have) if have > high_water else (failures + 1, high_water)
                 self._retry_or_fail(failures + 1, f"connection closed at byte {have} of {total}", None, plan, have)
 
     def _stream(self, answer, part: _Part, hasher: StreamHasher, have: int, total: int | None,
@@ -548,6 +656,9 @@ class Downloader:
         if failures > self.settings.retries:
             keep = (f" The {kept} bytes downloaded so far are kept; run again to resume." if kept
                     else " Try again later.")
+            if what.startswith("HTTP 429"):
+                keep = " The host is limiting how fast you download: wait a few minutes, then run again." + (
+                    keep if kept else "")
             raise FetchError(f"download of {for_log(plan.url)}: {what}, still after {self.settings.retries} "
                              f"retries.{keep}")
         wait = self.client.backoff_s(failures - 1, retry_after)
@@ -581,6 +692,16 @@ class _HashFeeder:
     def __exit__(self, *exc) -> None:
         self._queue.put(None)
         self._thread.join()
+
+
+def _changed(meta: dict, answer) -> bool:
+    """Whether a 206 answer comes from another version of the object than the part's bytes:
+    its ETag (or, without ETags, its Last-Modified) differs from the one stored with the part."""
+    stored, sent = meta.get("etag"), _strong_etag(answer.header("ETag"))
+    if stored and sent:
+        return stored != sent
+    stored, sent = meta.get("last_modified"), answer.header("Last-Modified")
+    return bool(stored and sent and stored != sent)
 
 
 def _restart(part: _Part) -> None:

@@ -15,6 +15,7 @@ honouring ``Retry-After``; it never retries 4xx answers, which are turned into
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import time
@@ -31,6 +32,7 @@ from .netguard import UnsafeError, for_log, host_of, is_loopback_host, vet_addre
 log = logging.getLogger("lora_workbench.fetch")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_DRAIN_LIMIT = 64 * 1024  # an unread body up to this size is read to keep the connection
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_RETRY_AFTER_S = 120.0
 
@@ -66,12 +68,48 @@ class Answer:
         return self.response.headers.get(name)
 
     def close(self) -> None:
-        self.response.release_conn()
-        self.response.close()
+        """Finish with the answer. A short unread body (an error's JSON, a redirect's text) is
+        read and dropped so the connection can serve the next request; a longer one, or one of
+        unknown length, closes the connection instead. Either way no unread byte stays on a
+        pooled connection, where the next request would read it as its status line."""
+        r = self.response
+        left = r.length_remaining
+        if left is not None and 0 < left <= _DRAIN_LIMIT:
+            r.drain_conn()
+        elif left != 0 and not r.closed:
+            r.close()  # closes the socket too: the pool opens a new one next time
+        r.release_conn()
+
+    def body_text(self, limit: int = _DRAIN_LIMIT) -> str:
+        """Up to ``limit`` bytes of the body as text (for error answers), then :meth:`close`."""
+        try:
+            data = self.response.read(limit, decode_content=True)
+        except (Urllib3Error, OSError):
+            data = b""
+        self.close()
+        return data.decode("utf-8", "replace")
+
+    def server_says(self) -> tuple[dict, str | None]:
+        """(the JSON body as a dict or {}, what the server says in words or None) for an error
+        answer: Civitai's ``message``/``error``, Hugging Face's ``X-Error-Message``, or a short
+        plain-text body. Reads and closes the answer."""
+        hf_message = self.header("X-Error-Message")
+        text = self.body_text()
+        body: dict = {}
+        if text.lstrip().startswith("{"):
+            try:
+                data = json.loads(text)
+                body = data if isinstance(data, dict) else {}
+            except (ValueError, RecursionError):
+                pass
+        said = body.get("message") or body.get("error") or hf_message
+        if not said and text and "<" not in text[:50] and len(text) <= 300:
+            said = text.strip()
+        if isinstance(said, (dict, list)):
+            said = json.dumps(said)[:300] if body else None
+        return body, (" ".join(str(said).split())[:300] if said else None)
 
     def json(self, limit: int = 32 * 2**20):
-        import json
-
         data = self.response.read(limit + 1, decode_content=True)
         self.close()
         if len(data) > limit:
@@ -85,7 +123,7 @@ class Answer:
 
 # The exact API hosts a token is sent to: not their subdomains, which include the storage and
 # CDN hosts (cdn-lfs.hf.co, cas-bridge.xethub.hf.co) that downloads are redirected to.
-CIVITAI_TOKEN_HOSTS = ("civitai.com", "www.civitai.com", "civitai.green", "civitai.red")
+CIVITAI_TOKEN_HOSTS = ("civitai.com", "www.civitai.com", "api.civitai.com", "civitai.green", "civitai.red")
 HF_TOKEN_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
 
 
@@ -219,11 +257,12 @@ class Client:
                 if answer.status not in RETRY_STATUSES:
                     return answer
                 retry_after = answer.header("Retry-After")
-                last = f"HTTP {answer.status}"
-                answer.close()
+                _body, said = answer.server_says()
+                last = f"HTTP {answer.status}" + (f" (the server says: \"{said}\")" if said else "")
             if attempt < self.settings.retries:
                 wait = self.backoff_s(attempt, retry_after)
                 log.info("%s: %s; retrying in %.1f s", for_log(url), last, wait)
                 self.sleep(wait)
-        raise FetchError(f"{for_log(url)}: {last}, still after {self.settings.retries} retries. "
-                         "The server may be down or rate-limiting; try again later.")
+        advice = ("The host is limiting how fast you download: wait a few minutes, then run again."
+                  if last.startswith("HTTP 429") else "The server may be down or rate-limiting; try again later.")
+        raise FetchError(f"{for_log(url)}: {last}, still after {self.settings.retries} retries. {advice}")

@@ -1,18 +1,20 @@
 """Turn a remote reference into a download :class:`Plan`, using Civitai's and Hugging Face's APIs.
 
 * Civitai (API as its developer docs and site code define it): ``GET /api/v1/model-versions/<id>``
-  (``/api/v1/models/<id>`` first when only a model id is known, taking its newest version) and
-  ``GET /api/v1/model-versions/by-hash/<hash>``. The file is chosen by ``fileId``, then the
-  download URL's ``type``/``format``/``size``/``fp`` filters, then ``primary``, then the first
-  SafeTensor model file. Expected SHA-256 from ``hashes.SHA256``; size from ``sizeKB`` (rounded,
-  so checked to within 1 KiB).
+  (``/api/v1/models/<id>`` first when only a model id is known, taking the first version in the
+  page's order that can be downloaded now) and ``GET /api/v1/model-versions/by-hash/<hash>``. The
+  file is the one Civitai's server would serve (:mod:`lora_ops.civitai_files`); files the
+  metadata already rules out (training data, archives, pickles unless allowed) are refused before
+  any byte. Expected SHA-256 from ``hashes.SHA256``; size from ``sizeKB`` (a float of KiB, so
+  checked to within 1 KiB).
 * Hugging Face: ``HEAD <endpoint>/<repo>/resolve/<revision>/<path>`` without following the CDN
   redirect; ``X-Linked-Etag`` is the SHA-256 of an LFS file, ``X-Linked-Size`` its size and
   ``X-Repo-Commit`` the commit, which is pinned in the recorded URL.
 * Other URLs: only hosts in ``allowed_hosts`` (or loopback when allowed); nothing known up front.
 
 Errors are :class:`~lora_ops.http_client.FetchError` saying what to do (which token, accept the
-model's terms, early access until when).
+model's terms, early access until when); :mod:`lora_ops.service_errors` reads the services'
+error bodies and headers.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
+from .civitai_files import choose_file, describe_file, pick_version, refusal, why_not
 from .fetch_settings import FetchSettings
 from .http_client import Answer, Client, FetchError
 from .netguard import for_log, host_matches, is_loopback_host, safe_filename
+from .service_errors import explain, explain_hf
 from .source_ref import CivitaiRef, HashRef, HFRef, Ref, UrlRef, describe
 
 log = logging.getLogger("lora_workbench.fetch")
@@ -55,52 +59,6 @@ class Plan:
     def key(self) -> str:
         """What identifies the object across runs (for resuming and locking)."""
         return self.expected_sha256 or self.provenance.get("url") or self.url
-
-
-def explain(answer: Answer, what: str, settings: FetchSettings) -> FetchError:
-    """A :class:`FetchError` for a 4xx answer, naming the fix. Reads (and closes) the body."""
-    status = answer.status
-    body: dict = {}
-    try:
-        if "json" in (answer.header("Content-Type") or ""):
-            data = answer.json(64 * 1024)
-            body = data if isinstance(data, dict) else {}
-        else:
-            answer.close()
-    except FetchError:
-        pass
-    host = (urlsplit(answer.url).hostname or "").lower()
-    server_says = f" The server says: {str(body.get('message') or body.get('error'))[:300]}" if body else ""
-    civitai = host_matches(host, settings.civitai_hosts())
-    hf = host_matches(host, settings.hf_hosts())
-    if status == 401:
-        if civitai:
-            fix = (f"The Civitai token was refused: check CIVITAI_API_TOKEN (or civitai_token in "
-                   f"{settings.settings_path})." if answer.auth_sent else
-                   "Civitai needs an API token for this download: create one at civitai.com (Account settings, "
-                   "API keys) and set CIVITAI_API_TOKEN in ComfyUI's environment, or civitai_token in "
-                   f"{settings.settings_path}.")
-        elif hf:
-            fix = ("This repository is gated or private: accept its terms on the model page, then set HF_TOKEN "
-                   "(a Hugging Face access token) in ComfyUI's environment.")
-        else:
-            fix = "The host needs credentials, which LoRA Workbench only sends to Civitai and Hugging Face."
-        return FetchError(f"{what}: {for_log(answer.url)} answered 401 Unauthorized. {fix}{server_says}", status)
-    if status == 403:
-        if str(body.get("error", "")).lower().startswith("early access"):
-            deadline = body.get("deadline") or "a date Civitai shows on the model page"
-            return FetchError(f"{what} is in Early Access until {deadline}: download it then, or buy early "
-                              "access on Civitai and set CIVITAI_API_TOKEN.", status)
-        fix = ("Accept the model's terms on its Hugging Face page with the account whose HF_TOKEN is set."
-               if hf else "Open the model page in a browser while logged in to see why (terms, region, access).")
-        return FetchError(f"{what}: {for_log(answer.url)} answered 403 Forbidden. {fix}{server_says}", status)
-    if status == 404:
-        return FetchError(f"{what}: not found ({for_log(answer.url)} answered 404). Check the id, revision or "
-                          "file name; a private repository also answers 404 without a token.", status)
-    if status == 410:
-        return FetchError(f"{what} was removed or archived by its host (410 Gone); look for another "
-                          "source of the same file (its SHA-256 finds copies).", status)
-    return FetchError(f"{what}: {for_log(answer.url)} answered HTTP {status}.{server_says}", status)
 
 
 class Resolver:
@@ -135,22 +93,22 @@ class Resolver:
 
     def _civitai(self, ref: CivitaiRef) -> Plan:
         version_id = ref.version_id
+        notes: list[str] = []
         if version_id is None:
             model = self._api(f"/api/v1/models/{ref.model_id}", f"Civitai model {ref.model_id}")
-            versions = _list(_dict(model).get("modelVersions"))
-            first = _dict(versions[0]) if versions else {}
-            version_id = first.get("id")
-            if not isinstance(version_id, int) or isinstance(version_id, bool):
-                raise FetchError(f"Civitai model {ref.model_id} has no published version to download.")
+            picked, notes = pick_version(ref.model_id, _list(_dict(model).get("modelVersions")))
+            version_id = picked["id"]
         version = self._api(f"/api/v1/model-versions/{version_id}", f"Civitai model version {version_id}")
-        return self._civitai_plan(version, ref.file_id, dict(ref.filters), None)
+        plan = self._civitai_plan(version, ref.file_id, dict(ref.filters), None)
+        plan.notes[:0] = notes
+        return plan
 
     def _by_hash(self, ref: HashRef) -> Plan:
         what = f"{ref.kind}:{ref.value}"
         answer = self.client.request("GET", f"{self.settings.civitai_endpoint}/api/v1/model-versions/by-hash/"
                                      f"{ref.value}", headers={"Accept": "application/json"})
         if answer.status == 404:
-            answer.close()
+            answer.close()  # read and dropped, so the next request on this connection is not spoiled
             raise FetchError(f"No file with {what} is in this ComfyUI's model folders, and Civitai does not know "
                              "it either. Put the file in the folder, or give its URL instead.", 404)
         if answer.status != 200:
@@ -168,16 +126,27 @@ class Resolver:
         if not isinstance(version, dict) or not isinstance(version.get("files"), list):
             raise FetchError("Civitai answered a model version without a file list; try again later.")
         vid = version.get("id")
+        vname = version.get("name")
+        label = f"Civitai model version {vname} ({vid})" if isinstance(vname, str) and vname else \
+            f"Civitai model version {vid}"
         files = [f for f in version["files"] if isinstance(f, dict)]
-        for f in files:  # the fields used below, with the types the API documents
+        for f in files:  # the fields used below, with the types the API documents (metadata may be null)
             f["hashes"], f["metadata"] = _dict(f.get("hashes")), _dict(f.get("metadata"))
-        chosen = _choose_file(files, file_id, filters, by_hash)
+        if not files:
+            raise FetchError(f"{label} was archived: Civitai lists no files for it and no longer serves them. "
+                             "Nothing was downloaded. Look for another source of the same file; its SHA-256 "
+                             "(from the model page or an old workflow, as sha256:<hash>) finds copies in your "
+                             "folders.")
+        chosen, why = choose_file(files, file_id, filters, by_hash.kind if by_hash else None,
+                                  by_hash.value if by_hash else None)
         if chosen is None:
-            wanted = (f"file {file_id}" if file_id else f"a file with {by_hash.kind} {by_hash.value}" if by_hash
-                      else "a file matching " + ", ".join(f"{k}={v}" for k, v in filters.items()) if filters
-                      else "a model file")
-            names = ", ".join(str(f.get("name")) for f in files) or "none"
-            raise FetchError(f"Civitai model version {vid} has no {wanted} (its files: {names}).")
+            names = "; ".join(f"{describe_file(f)} id {f.get('id')}" for f in files)
+            raise FetchError(f"{label} has no file that fits: {why}. Nothing was downloaded. Its files: {names}. "
+                             "Give one of these ids as ?fileId=<id> (or +<id> in an AIR), or copy the file's own "
+                             "download link from the model page.")
+        refused = refusal(chosen, vid, self.settings.allow_pickle, files, self.settings.settings_path)
+        if refused:
+            raise FetchError(refused)
         name = safe_filename(str(chosen.get("name") or ""), "Civitai file name")
         hashes = {str(k).lower(): str(v) for k, v in (chosen.get("hashes") or {}).items()}
         sha = hashes.get("sha256")
@@ -187,9 +156,11 @@ class Resolver:
                 or size_kb < 0:
             size_kb = None
         endpoint = self.settings.civitai_endpoint
-        url = str(chosen.get("downloadUrl") or f"{endpoint}/api/download/models/{vid}?fileId={chosen.get('id')}")
-        if not host_matches(urlsplit(url).hostname or "", self.settings.civitai_hosts()):
-            url = f"{endpoint}/api/download/models/{vid}?fileId={chosen.get('id')}"
+        by_id = f"{endpoint}/api/download/models/{vid}?fileId={chosen.get('id')}"
+        url = str(chosen.get("downloadUrl") or by_id)
+        if not host_matches(urlsplit(url).hostname or "", self.settings.civitai_hosts()) or any(
+                f is not chosen and f.get("downloadUrl") == url for f in files):
+            url = by_id  # its own URL would not single it out (or points elsewhere): name the file exactly
         meta = chosen["metadata"]
         model = _dict(version.get("model"))
         plan = Plan(url=url, filename=name,
@@ -203,6 +174,11 @@ class Resolver:
             "base_model": version.get("baseModel") if isinstance(version.get("baseModel"), str) else None,
             "trained_words": [w for w in _list(version.get("trainedWords")) if isinstance(w, str)],
         }
+        if len(files) > 1:
+            others = "; ".join(f"{describe_file(f)}: {why_not(f, filters, file_id, by_hash and by_hash.kind)}"
+                               for f in files if f is not chosen)
+            plan.notes.append(f"{label} has {len(files)} files; took {describe_file(chosen)}: {why}. "
+                              f"Not taken: {others}.")
         if sha is None:
             plan.notes.append("Civitai lists no SHA-256 for this file; it is checked by size and structure only.")
         for scan in ("pickleScanResult", "virusScanResult"):
@@ -215,19 +191,20 @@ class Resolver:
         base = self.settings.hf_endpoint
         path_q = quote(ref.path)
         url = f"{base}/{ref.repo}/resolve/{quote(ref.revision, safe='')}/{path_q}"
-        what = f"Hugging Face file {ref.repo}/{ref.path}@{ref.revision}"
         answer = self._hf_head(url)
         notes = []
+        token_refused = False
         if answer.status == 401 and answer.auth_sent:
             # A stale or wrong HF_TOKEN makes even public files answer 401 (ComfyUI #7517): try once without it.
             answer.close()
+            token_refused = True
             anonymous = self._hf_head(url, use_token=False)
             if anonymous.status < 400:
                 notes.append("HF_TOKEN was refused by Hugging Face (invalid or expired); the public file was "
-                              "fetched without it. Replace or remove the token.")
+                             "fetched without it. Replace or remove the token.")
             answer = anonymous
         if answer.status >= 400:
-            raise explain(answer, what, self.settings)
+            raise explain_hf(answer, ref.repo, ref.path, ref.revision, token_refused)
         h = answer.response.headers
         commit = h.get("X-Repo-Commit")
         etag = (h.get("X-Linked-Etag") or h.get("ETag") or "").removeprefix("W/").strip('"')
@@ -286,23 +263,8 @@ def _list(x) -> list:
 
 
 def _choose_file(files: list[dict], file_id: int | None, filters: dict, by_hash: HashRef | None) -> dict | None:
-    if file_id is not None:
-        return next((f for f in files if f.get("id") == file_id), None)
-    if by_hash is not None:
-        # Only the file that has this hash: never another file of the same version.
-        kind = by_hash.kind.lower()
-        return next((f for f in files if str(f["hashes"].get(_civitai_hash_key(kind), "")).upper()
-                     == by_hash.value), None)
-    if filters:
-        def fits(f: dict) -> bool:
-            meta = {**f["metadata"], "type": f.get("type")}
-            return all(str(meta.get(k, "")).lower() == str(v).lower() for k, v in filters.items())
-        return next((f for f in files if fits(f)), None)
-    return (next((f for f in files if f.get("primary")), None)
-            or next((f for f in files if f.get("type") == "Model" and f["metadata"].get("format") == "SafeTensor"),
-                    None)
-            or (files[0] if files else None))
-
-
-def _civitai_hash_key(kind: str) -> str:
-    return {"sha256": "SHA256", "autov1": "AutoV1", "autov2": "AutoV2", "autov3": "AutoV3", "crc32": "CRC32"}[kind]
+    """The file Civitai's server would serve (see :func:`lora_ops.civitai_files.choose_file`)."""
+    for f in files:
+        f["hashes"], f["metadata"] = _dict(f.get("hashes")), _dict(f.get("metadata"))
+    return choose_file(files, file_id, filters, by_hash.kind if by_hash else None,
+                       by_hash.value if by_hash else None)[0]

@@ -2,20 +2,43 @@
 file host, with switchable faults. Tests (and scripts/bench_fetch.py) start it; nothing here
 touches the internet.
 
+It follows ``../shared/research/real-services.md`` (the services' published server code and
+recorded real answers), not our own reading of them:
+
+* Civitai's API answers version JSON with the real field shapes: ``sizeKB`` a float, ``primary``
+  only on the primary file, ``metadata`` reduced to format/size/fp (``quantType`` never listed;
+  ``metadata`` may be null), upper-case hashes, any subset of hash kinds, non-primary
+  ``downloadUrl``s with ``?type=&format=&size=&fp=`` (and ``quantType``), archived versions with
+  ``files: []``; ``/models/<id>`` lists versions in page order (which may start with an Early
+  Access version).
+* Civitai's download endpoint chooses the file as the server does: ``fileId`` exact; ``type``
+  strict; ``format``/``size``/``fp``/``quantType`` rule a file out only when its (full, server
+  side) metadata has the key with another value; then the server's score (model file types,
+  then format, size, fp: weights 1000/100/10/1); no query: the primary file. It answers the
+  real JSON error bodies (404/410/403 Early Access/403/401 login/401 disabled/429/400) and a
+  307 to the storage host, whose URL carries ``response-content-disposition``.
+* Hugging Face: an LFS file answers 302 with a text body, ``X-Linked-Etag``/``X-Linked-Size``/
+  ``X-Repo-Commit`` and an ``ETag`` that is not the SHA-256; a non-LFS file answers 307 with a
+  relative ``Location`` to ``/api/resolve-cache/...``, then 200 with a git blob ``ETag``;
+  errors carry ``X-Error-Code``/``X-Error-Message`` as the Hub sends them (a repository that
+  does not exist answers an anonymous request 401 without a code).
+
 Three listening sockets: the *API* host on 127.0.0.1 (Civitai ``/api/...``, plain
-``/files/<name>``), the same handler on 127.0.0.3 playing Hugging Face
-(``/<org>/<repo>/resolve/<rev>/<path>``), and the *storage* host on 127.0.0.2 (``/obj/<id>``,
-what Civitai and Hugging Face redirect to). Like Cloudflare R2 behind Civitai, the storage host
-answers 400 to any request that carries an ``Authorization`` header.
+``/files/<name>``), the same handler on 127.0.0.3 playing Hugging Face, and the *storage* host
+on 127.0.0.2 (``/obj/<id>``). Like Cloudflare R2 behind Civitai, the storage host answers 400
+to any request that carries an ``Authorization`` header.
 
 Faults (``Hub.faults``, per object id or "*"): ``drop_after`` bytes (close the connection; once,
 or every time with ``drop_always``), ``stall_after`` bytes for ``stall_s`` seconds, ``corrupt``
-(flip bytes), ``ignore_range``, ``expire_after`` bytes (the signed URL then answers 403 until a
-new one is issued by the API), ``status`` (answer that status, e.g. 429/503, ``status_times``
-times, with ``retry_after``), ``throttle_s`` (sleep after each MiB sent), ``always_416``,
-``range_offset`` (answer a Range request from a later byte than asked), ``gzip`` (claim a
-Content-Encoding), ``no_etag``, ``no_length`` (no Content-Length: the body ends when the
-connection closes), ``listed_size`` (the size Hugging Face's HEAD announces, instead of the real one).
+(flip bytes), ``ignore_range``, ``ignore_if_range`` (answer 206 to any Range, whatever
+``If-Range`` says), ``expire_after`` bytes (the signed URL then answers 403 until a new one is
+issued by the API), ``status`` (answer that status, e.g. 429/503, ``status_times`` times, with
+``retry_after``), ``throttle_s`` (sleep after each MiB sent; ``chunk`` sets the step),
+``cut_each`` (every response ends after that many bytes), ``always_416``, ``range_offset``
+(answer a Range request from a later byte than asked), ``gzip``
+(claim a Content-Encoding), ``no_etag``, ``no_length`` (no Content-Length: the body ends when
+the connection closes), ``listed_size`` (the size Hugging Face's HEAD announces, instead of
+the real one). ``Hub.civitai_limit`` answers Civitai's 429 (with its JSON body) that many times.
 """
 
 from __future__ import annotations
@@ -31,6 +54,25 @@ import urllib.parse
 import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Civitai's error bodies, as its download endpoint writes them (real-services.md).
+CIVITAI_ERRORS = {
+    "file_not_found": (404, {"error": "File not found"}),
+    "model_not_found": (404, {"error": "Model not found"}),
+    "missing_file": (404, {"error": "Missing model file"}),
+    "archived": (410, {"error": "Model archived, not available for download"}),
+    "no_access": (403, {"error": "You do not have access to download this file"}),
+    "login": (401, {"error": "Unauthorized",
+                    "message": "The creator of this asset requires you to be logged in to download it"}),
+    "disabled": (401, {"error": "Unauthorized",
+                       "message": "The creator of this asset has disabled downloads on this file"}),
+    "rate_limit": (429, {"error": "We've noticed an unusual amount of downloading from your account. Please "
+                                  "wait a moment before downloading more files."}),
+}
+CIVITAI_FILE_TYPES = ("Model", "Pruned Model", "Negative", "Training Data", "VAE", "Config", "Text Encoder",
+                      "Archive")
+CIVITAI_FORMATS = ("SafeTensor", "PickleTensor", "GGUF", "Diffusers", "Core ML", "ONNX", "Other")
+ALL_HASH_KINDS = ("AutoV1", "AutoV2", "SHA256", "CRC32", "AutoV3")
 
 
 @dataclass
@@ -77,17 +119,56 @@ def safetensors_bytes(seed: int = 0, n_floats: int = 64, metadata: dict | None =
 
 
 @dataclass
+class CFile:
+    """A file of a Civitai version, as the server's database holds it. ``quant`` is the GGUF
+    quantType (server side only: the API never lists it); ``hash_kinds`` the hashes the API
+    lists; ``metadata_null``: the API answers ``metadata: null``."""
+
+    blob: str
+    type: str = "Model"
+    format: str | None = "SafeTensor"
+    size: str | None = None
+    fp: str | None = None
+    quant: str | None = None
+    primary: bool = False
+    hash_kinds: tuple[str, ...] = ALL_HASH_KINDS
+    metadata_null: bool = False
+    name: str | None = None
+    id: int = 0
+    claimed: dict = field(default_factory=dict)  # hashes the API lists wrongly (kind -> value)
+
+    def meta(self) -> dict:
+        """The full metadata the server's download logic sees."""
+        m = {"format": self.format, "size": self.size, "fp": self.fp}
+        if self.quant:
+            m["quantType"] = self.quant
+        return m
+
+
+@dataclass
 class CivitaiVersion:
-    """A model version with its files (blob ids); ``early_access`` = deadline string."""
+    """A model version. ``early_access``: a deadline string, or "permanent" (paid access without
+    an end); ``archived``: files withdrawn (API ``files: []``, download 410); ``error``: a key of
+    :data:`CIVITAI_ERRORS` the download endpoint answers (``status`` the legacy form of it)."""
 
     model_id: int
     version_id: int
-    files: list[dict]
+    files: list[CFile]
     require_token: bool = False
     early_access: str | None = None
-    status: int | None = None  # e.g. 404, 410 for the download URL
+    archived: bool = False
+    disabled: bool = False
+    error: str | None = None
+    status: int | None = None
+    name: str | None = None
     base_model: str = "SD 1.5"
     trained_words: list[str] = field(default_factory=lambda: ["wbstyle"])
+
+
+@dataclass
+class HfFile:
+    blob: str
+    lfs: bool = True
 
 
 class Hub:
@@ -96,12 +177,15 @@ class Hub:
     def __init__(self, token: str | None = "planted-civitai-token", hf_token: str | None = None):
         self.blobs: dict[str, Blob] = {}
         self.versions: dict[int, CivitaiVersion] = {}
-        self.hf: dict[tuple[str, str], str] = {}  # (repo, path) -> blob id
+        self.hf: dict[tuple[str, str], HfFile] = {}  # (repo, path) -> file
         self.hf_gated: set[str] = set()
+        self.hf_accepted: bool = True  # whether the token's user accepted gated repos' terms
         self.hf_commit = "0123456789abcdef0123456789abcdef01234567"
+        self.hf_revisions = {"main", "v1.0", self.hf_commit}
         self.token = token
         self.hf_token = hf_token
         self.faults: dict[str, dict] = {}
+        self.civitai_limit = 0
         self.requests: list[tuple[str, str, str, dict]] = []
         self.signature = 1
         self.served_bytes: dict[str, int] = {}
@@ -115,32 +199,37 @@ class Hub:
         self.blobs[id] = blob
         return blob
 
-    def add_civitai(self, model_id: int, version_id: int, blob_ids: list[str], primary: int = 0,
-                    hashes: bool = True, **kw) -> CivitaiVersion:
-        files = []
-        for i, bid in enumerate(blob_ids):
-            b = self.blobs[bid]
-            files.append({"id": int(version_id * 10 + i), "blob": bid, "name": b.name, "type": "Model",
-                          "primary": i == primary, "hashes": self._civitai_hashes(b) if hashes else {},
-                          "metadata": {"format": "SafeTensor" if b.name.endswith(".safetensors") else "PickleTensor",
-                                       "fp": "fp16", "size": "pruned"}})
+    def add_civitai(self, model_id: int, version_id: int, blob_ids: list[str] | None = None, primary: int = 0,
+                    hashes: bool = True, files: list[CFile] | None = None, **kw) -> CivitaiVersion:
+        """A version whose files are ``files``, or one file per blob in ``blob_ids`` (format from
+        the name's extension, ``size: pruned, fp: fp16``; the ``primary``-th is primary).
+        ``hashes=False``: the API lists no hashes."""
+        if files is None:
+            files = [CFile(bid, format="SafeTensor" if self.blobs[bid].name.endswith(".safetensors")
+                           else "PickleTensor", size="pruned", fp="fp16", primary=i == primary,
+                           hash_kinds=ALL_HASH_KINDS if hashes else ())
+                     for i, bid in enumerate(blob_ids or [])]
+        for i, f in enumerate(files):
+            f.id = f.id or version_id * 10 + i
+            f.name = f.name or self.blobs[f.blob].name
         v = CivitaiVersion(model_id, version_id, files, **kw)
         self.versions[version_id] = v
         return v
 
-    @staticmethod
-    def _civitai_hashes(b: Blob) -> dict:
-        if b.path is not None:
-            return {"SHA256": b.sha256().upper(), "AutoV2": b.sha256()[:10].upper()}
+    def civitai_hashes(self, b: Blob) -> dict:
+        """Every hash kind Civitai lists for ``b`` (upper-case hex), computed here independently."""
         data = b.read(0, b.size)
         sha = hashlib.sha256(data).hexdigest().upper()
-        n = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0
-        tail = hashlib.sha256(data[8 + n:]).hexdigest()[:12].upper()
-        return {"SHA256": sha, "AutoV2": sha[:10], "AutoV3": tail,
-                "CRC32": zlib.crc32(data).to_bytes(4, "little").hex().upper()}
+        out = {"SHA256": sha, "AutoV2": sha[:10], "CRC32": zlib.crc32(data).to_bytes(4, "little").hex().upper()}
+        if len(data) >= 0x200000:
+            out["AutoV1"] = hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8].upper()
+        if data[8:9] == b"{":
+            n = struct.unpack("<Q", data[:8])[0]
+            out["AutoV3"] = hashlib.sha256(data[8 + n:]).hexdigest()[:12].upper()
+        return out
 
-    def add_hf(self, repo: str, path: str, blob_id: str, gated: bool = False) -> None:
-        self.hf[(repo, path)] = blob_id
+    def add_hf(self, repo: str, path: str, blob_id: str, gated: bool = False, lfs: bool = True) -> None:
+        self.hf[(repo, path)] = HfFile(blob_id, lfs)
         if gated:
             self.hf_gated.add(repo)
 
@@ -150,17 +239,34 @@ class Hub:
     def count(self, role: str, needle: str) -> int:
         return sum(1 for r, _m, p, _h in self.requests if r == role and needle in p)
 
+    # -- what the real server would do ---------------------------------------------------------
+    def serve_choice(self, vid: int, query: dict[str, str]) -> CFile | None:
+        """The file Civitai's download endpoint serves for ``query`` (None: 404 File not found)."""
+        v = self.versions[vid]
+        files = v.files
+        if "fileId" in query:
+            return next((f for f in files if str(f.id) == query["fileId"]), None)
+        prefs = {k: query[k] for k in ("type", "format", "size", "fp", "quantType") if k in query}
+        if not prefs:
+            return next((f for f in files if f.primary), None) or _best(files, {})
+        if "type" in prefs:
+            files = [f for f in files if f.type == prefs["type"]]
+        for key in ("format", "size", "fp", "quantType"):
+            if key in prefs:
+                files = [f for f in files if f.meta().get(key) in (None, prefs[key])]
+        return _best(files, prefs) if files else None
+
     # -- life -------------------------------------------------------------------------------
     def start(self) -> Hub:
         # Civitai's API on 127.0.0.1, Hugging Face on 127.0.0.3 (so each token has its own host), storage on .2.
-        for role, host in (("api", "127.0.0.1"), ("storage", "127.0.0.2"), ("api", "127.0.0.3")):
+        for role, host in (("api", "127.0.0.1"), ("storage", "127.0.0.2"), ("hf", "127.0.0.3")):
             handler = type(f"{role}Handler", (_Handler,), {"hub": self, "role": role})
             srv = ThreadingHTTPServer((host, 0), handler)
             srv.daemon_threads = True
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
             self._servers.append(srv)
             base = f"http://{host}:{srv.server_address[1]}"
-            if host == "127.0.0.3":
+            if role == "hf":
                 self.hf_base = base
             elif role == "api":
                 self.api_base = base
@@ -179,18 +285,57 @@ class Hub:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def download_url(self, v: CivitaiVersion, f: CFile) -> str:
+        """The file's ``downloadUrl`` as the API writes it: bare for the primary file, else the
+        file's type and metadata as query parameters (never ``fileId``)."""
+        base = f"{self.api_base}/api/download/models/{v.version_id}"
+        if f.primary:
+            return base
+        q = {"type": f.type, **{k: val for k, val in f.meta().items() if val}}
+        return base + "?" + urllib.parse.urlencode(q, quote_via=urllib.parse.quote)
+
+    def file_json(self, v: CivitaiVersion, f: CFile) -> dict:
+        b = self.blobs[f.blob]
+        hashes = {k: val for k, val in self.civitai_hashes(b).items() if k in f.hash_kinds} | f.claimed
+        out = {"id": f.id, "sizeKB": b.size / 1024, "name": f.name, "type": f.type,
+               "pickleScanResult": "Success", "pickleScanMessage": "No Pickle imports",
+               "virusScanResult": "Success", "virusScanMessage": None, "scannedAt": "2025-01-08T06:16:27.731Z",
+               "metadata": None if f.metadata_null else {"format": f.format, "size": f.size, "fp": f.fp},
+               "hashes": hashes, "downloadUrl": self.download_url(v, f)}
+        if f.primary:
+            out["primary"] = True
+        return out
+
     def version_json(self, v: CivitaiVersion) -> dict:
-        files = []
-        for f in v.files:
-            b = self.blobs[f["blob"]]
-            q = "" if f["primary"] else f"?fileId={f['id']}"
-            files.append({k: val for k, val in f.items() if k != "blob"} | {
-                "sizeKB": b.size / 1024, "downloadUrl": f"{self.api_base}/api/download/models/{v.version_id}{q}",
-                "pickleScanResult": "Success", "virusScanResult": "Success"})
-        return {"id": v.version_id, "modelId": v.model_id, "name": f"v{v.version_id}",
-                "air": f"urn:air:sd1:lora:civitai:{v.model_id}@{v.version_id}", "baseModel": v.base_model,
-                "trainedWords": v.trained_words, "model": {"name": f"model {v.model_id}", "type": "LORA"},
-                "files": files, "downloadUrl": f"{self.api_base}/api/download/models/{v.version_id}"}
+        out = {"id": v.version_id, "modelId": v.model_id, "name": v.name or f"v{v.version_id}",
+               "status": "Published", "availability": "EarlyAccess" if v.early_access else "Public",
+               "air": f"urn:air:sd1:lora:civitai:{v.model_id}@{v.version_id}", "baseModel": v.base_model,
+               "baseModelType": "Standard", "trainedWords": v.trained_words,
+               "earlyAccessEndsAt": v.early_access if v.early_access and v.early_access != "permanent" else None,
+               "model": {"name": f"model {v.model_id}", "type": "LORA", "nsfw": False, "poi": False},
+               "files": [] if v.archived else [self.file_json(v, f) for f in v.files], "images": []}
+        if not v.archived:
+            out["downloadUrl"] = f"{self.api_base}/api/download/models/{v.version_id}"
+        return out
+
+
+def _best(files: list[CFile], prefs: dict) -> CFile | None:
+    """The server's score: model file types first, then format, size, fp against the preferences
+    (SafeTensor, pruned, fp16 unless the query says otherwise); the first of equals wins."""
+    want = {"format": "SafeTensor", "size": "pruned", "fp": "fp16", **prefs}
+
+    def score(f: CFile) -> int:
+        s = 1000 + (1000 if f.type in ("Model", "Pruned Model") else 0)
+        if not f.metadata_null:
+            for key, weight in (("format", 100), ("size", 10), ("fp", 1)):
+                s += weight if f.meta().get(key) == want[key] else -weight
+        return s
+
+    return max(files, key=score) if files else None  # max keeps the first of equal scores
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -213,7 +358,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj, headers: dict | None = None) -> None:
-        self._send(status, json.dumps(obj).encode(), headers, "application/json")
+        self._send(status, json.dumps(obj).encode(), headers, "application/json; charset=utf-8")
+
+    def _civitai_error(self, key: str, **extra) -> None:
+        status, body = CIVITAI_ERRORS[key]
+        self._json(status, {**body, **extra})
 
     def _bearer(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -230,36 +379,43 @@ class _Handler(BaseHTTPRequestHandler):
         if self.role == "storage":
             return self._storage(url)
         parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
-        query = urllib.parse.parse_qs(url.query)
+        query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+        if self.role == "hf":
+            if parts[:2] == ["api", "resolve-cache"] and len(parts) >= 6:
+                return self._hf_cache("/".join(parts[3:5]), "/".join(parts[6:]))
+            if len(parts) >= 5 and parts[2] == "resolve":
+                return self._hf("/".join(parts[:2]), parts[3], "/".join(parts[4:]))
+            return self._send(404, b"Not Found", {"X-Error-Code": "RepoNotFound"})
         if parts[:3] == ["api", "v1", "model-versions"] and len(parts) == 5 and parts[3] == "by-hash":
             return self._by_hash(parts[4])
         if parts[:3] == ["api", "v1", "model-versions"] and len(parts) == 4:
             v = hub.versions.get(int(parts[3])) if parts[3].isdigit() else None
-            return self._json(200, hub.version_json(v)) if v else self._json(404, {"error": "Not found"})
+            return self._json(200, hub.version_json(v)) if v else self._json(404, {"error": "Model not found"})
         if parts[:3] == ["api", "v1", "models"] and len(parts) == 4:
-            vs = [v for v in hub.versions.values() if str(v.model_id) == parts[3]]
+            vs = [v for v in hub.versions.values() if str(v.model_id) == parts[3]]  # page order, as added
             if not vs:
-                return self._json(404, {"error": "Not found"})
-            vs.sort(key=lambda v: -v.version_id)
-            return self._json(200, {"id": int(parts[3]), "modelVersions": [hub.version_json(v) for v in vs]})
+                return self._json(404, {"error": "Model not found"})
+            return self._json(200, {"id": int(parts[3]), "name": f"model {parts[3]}", "type": "LORA",
+                                    "modelVersions": [hub.version_json(v) for v in vs]})
         if parts[:3] == ["api", "download", "models"] and len(parts) == 4:
             return self._download(int(parts[3]), query)
-        if len(parts) >= 5 and parts[2] == "resolve":
-            return self._hf("/".join(parts[:2]), parts[3], "/".join(parts[4:]))
         if parts[:1] == ["files"] and len(parts) >= 2:
             blob = next((b for b in hub.blobs.values() if b.name == "/".join(parts[1:])), None)
             if blob is None:
                 return self._send(404, b"no such file")
             return self._serve(blob, cd=blob.name if "cd" in query else None)
         if parts[:1] == ["redirect"]:
-            return self._send(302, b"", {"Location": query["to"][0]})
+            return self._send(302, b"", {"Location": query["to"]})
+        if parts[:1] == ["limited"]:  # an endpoint that always answers Civitai's 429 with its body
+            return self._civitai_error("rate_limit")
         self._send(404, b"unknown path")
 
     def _by_hash(self, value: str) -> None:
         # By the hashes the version lists, as Civitai's database does (they may be wrong).
         for v in self.hub.versions.values():
             for f in v.files:
-                if value.upper() in {str(h).upper() for h in f["hashes"].values()}:
+                listed = self.hub.file_json(v, f)["hashes"]
+                if value.upper() in set(listed.values()):
                     return self._json(200, self.hub.version_json(v))
         self._json(404, {"error": "Model not found"})
 
@@ -267,42 +423,108 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.hub
         v = hub.versions.get(vid)
         if v is None:
-            return self._json(404, {"error": "Not found"})
-        if v.status:
-            return self._json(v.status, {"error": {410: "Archived", 404: "Not found"}.get(v.status, "Error")})
-        if v.require_token and self._bearer() != hub.token:
-            return self._json(401, {"error": "Unauthorized", "message": "The creator of this asset requires you "
-                                    "to be logged in to download it"})
-        if v.early_access:
-            return self._json(403, {"error": "Early Access", "deadline": v.early_access})
-        fid = query.get("fileId", [None])[0]
-        f = next((f for f in v.files if str(f["id"]) == fid), None) if fid else next(
-            (f for f in v.files if f["primary"]), v.files[0])
+            return self._civitai_error("model_not_found")
+        bad = next((k for k, known in (("type", CIVITAI_FILE_TYPES), ("format", CIVITAI_FORMATS))
+                    if k in query and query[k] not in known), None)
+        if bad:
+            return self._json(400, {"error": f"Invalid enum value for {bad}: {query[bad]!r}"})
+        if v.archived:
+            return self._civitai_error("archived")
+        if v.status:  # the legacy form: a bare status
+            return self._civitai_error({410: "archived", 404: "model_not_found"}.get(v.status, "no_access"))
+        f = hub.serve_choice(vid, query)
         if f is None:
-            return self._json(404, {"error": "File not found"})
-        b = hub.blobs[f["blob"]]
-        cd = urllib.parse.quote(f'attachment; filename="{b.name}"')
+            return self._civitai_error("file_not_found")
+        if v.disabled:  # sent with a valid token too
+            return self._civitai_error("disabled")
+        if v.require_token and self._bearer() != hub.token:
+            return self._civitai_error("login")
+        if v.error:
+            return self._civitai_error(v.error)
+        if v.early_access:
+            extra = {} if v.early_access == "permanent" else {"deadline": v.early_access}
+            return self._json(403, {"error": "Early Access", **extra,
+                                    "message": "This asset is in Early Access. You can use Buzz access it now!"})
         with hub.lock:
+            if hub.civitai_limit > 0:
+                hub.civitai_limit -= 1
+                limited = True
+            else:
+                limited = False
             sig = hub.signature
-        self._send(302, b"", {"Location": f"{hub.storage_base}/obj/{b.id}?sig={sig}&X-Amz-Expires=86400"
-                                          f"&response-content-disposition={cd}"})
+        if limited:
+            return self._civitai_error("rate_limit")
+        b = hub.blobs[f.blob]
+        cd = urllib.parse.quote(f'attachment; filename="{f.name}"')
+        # Next.js answers a redirect with 307 and a short body.
+        self._send(307, b"Temporary Redirect", {
+            "Location": f"{hub.storage_base}/obj/{b.id}?sig={sig}&X-Amz-Expires=86400"
+                        f"&response-content-disposition={cd}"})
+
+    # -- Hugging Face ---------------------------------------------------------------------------
+    def _hf_error(self, status: int, code: str | None, message: str) -> None:
+        headers = {"X-Error-Message": message}
+        if code:
+            headers["X-Error-Code"] = code
+        self._json(status, {"error": message}, headers)
+
+    def _hf_check(self, repo: str, rev: str, path: str) -> HfFile | None:
+        """Answers the Hub's error for the request and returns None, or returns the file."""
+        hub = self.hub
+        token = self._bearer()
+        if token is not None and token != hub.hf_token:
+            self._hf_error(401, None, "Invalid credentials in Authorization header")
+            return None
+        if not any(r == repo for r, _p in hub.hf):
+            if token is None:  # anti-enumeration: a missing repository looks like a private one
+                self._hf_error(401, None, "Invalid username or password.")
+            else:
+                self._hf_error(404, "RepoNotFound", f"Repository Not Found for url: {self.path}.")
+            return None
+        if repo in hub.hf_gated and (token is None or not hub.hf_accepted):
+            if token is None:
+                self._hf_error(401, "GatedRepo", f"Access to model {repo} is restricted. You must have access "
+                                                 "to it and be authenticated to access it. Please log in.")
+            else:
+                self._hf_error(403, "GatedRepo", f"Access to model {repo} is restricted and you are not in the "
+                                                 "authorized list. Visit the model page to ask for access.")
+            return None
+        if rev not in hub.hf_revisions:
+            self._hf_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return None
+        f = hub.hf.get((repo, path))
+        if f is None:
+            self._hf_error(404, "EntryNotFound", f"{path} does not exist on \"{rev}\"")
+            return None
+        return f
 
     def _hf(self, repo: str, rev: str, path: str) -> None:
         hub = self.hub
-        bid = hub.hf.get((repo, path))
-        token = self._bearer()
-        if token is not None and token != hub.hf_token:
-            return self._json(401, {"error": "Invalid credentials in Authorization header"})
-        if bid is None:
-            return self._json(404, {"error": "Entry not found"})
-        if repo in hub.hf_gated and token is None:
-            return self._json(401, {"error": "Access to this model is restricted; accept its terms."})
-        b = hub.blobs[bid]
-        self._send(302, b"", {"Location": f"{hub.storage_base}/obj/{b.id}?sig={hub.signature}",
-                              "X-Repo-Commit": hub.hf_commit, "X-Linked-Etag": f'"{b.sha256()}"',
-                              "X-Linked-Size": str(hub.faults.get(b.id, {}).get("listed_size", b.size)),
-                              "ETag": f'"{b.sha256()}"'})
+        f = self._hf_check(repo, rev, path)
+        if f is None:
+            return
+        b = hub.blobs[f.blob]
+        if not f.lfs:
+            loc = f"/api/resolve-cache/models/{repo}/{hub.hf_commit}/{urllib.parse.quote(path)}"
+            return self._send(307, f"Temporary Redirect. Redirecting to {loc}".encode(),
+                              {"Location": loc, "X-Repo-Commit": hub.hf_commit})
+        loc = f"{hub.storage_base}/obj/{b.id}?sig={hub.signature}"
+        self._send(302, f"Found. Redirecting to {loc}".encode(), {
+            "Location": loc, "X-Repo-Commit": hub.hf_commit, "X-Linked-Etag": f'"{b.sha256()}"',
+            "X-Linked-Size": str(hub.faults.get(b.id, {}).get("listed_size", b.size)),
+            "ETag": f'"{git_blob_sha1(b.sha256().encode())}"'})
 
+    def _hf_cache(self, repo: str, path: str) -> None:
+        hub = self.hub
+        f = hub.hf.get((repo, urllib.parse.unquote(path)))
+        if f is None:
+            return self._hf_error(404, "EntryNotFound", "Entry not found")
+        b = hub.blobs[f.blob]
+        data = b.read(0, b.size)
+        self._send(200, data, {"ETag": f'"{git_blob_sha1(data)}"', "X-Repo-Commit": hub.hf_commit},
+                   ctype="application/octet-stream")
+
+    # -- storage --------------------------------------------------------------------------------
     def _storage(self, url) -> None:
         hub = self.hub
         if "Authorization" in self.headers:
@@ -334,7 +556,7 @@ class _Handler(BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         if rng and not fault.get("ignore_range"):
             if_range = self.headers.get("If-Range")
-            if if_range is None or if_range == etag:
+            if if_range is None or if_range == etag or fault.get("ignore_if_range"):
                 start = int(rng.split("=")[1].split("-")[0]) + fault.get("range_offset", 0)
                 if start >= size:
                     return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
@@ -363,21 +585,32 @@ class _Handler(BaseHTTPRequestHandler):
         for key in ("drop_after", "stall_after", "expire_after"):
             if fault.get(key) is not None and start < fault[key]:
                 limit = min(limit, fault[key])
+        if fault.get("drop_always") and fault.get("drop_after") is not None and start >= fault["drop_after"]:
+            limit = start  # dropped at that byte every time: a resume from there gets nothing
+        if fault.get("cut_each"):
+            limit = min(limit, start + fault["cut_each"])
         pos = start
         if blob.path is not None and not fault and start == 0:
             self._sendfile(blob.path, size)
+            with hub.lock:
+                hub.served_bytes[blob.id] = hub.served_bytes.get(blob.id, 0) + size
             return
-        while pos < limit:
-            end = min(limit, pos + (1 << 20))
-            chunk = blob.read(pos, end)
-            if fault.get("corrupt"):
-                chunk = bytes(b ^ 0xFF for b in chunk[:16]) + chunk[16:]
-            self.wfile.write(chunk)
-            pos = end
-            if fault.get("throttle_s"):
-                time.sleep(fault["throttle_s"])  # per MiB: keeps a transfer in flight for concurrency tests
-        with hub.lock:
-            hub.served_bytes[blob.id] = hub.served_bytes.get(blob.id, 0) + pos - start
+        step = fault.get("chunk", 1 << 20)
+        try:
+            while pos < limit:
+                end = min(limit, pos + step)
+                chunk = blob.read(pos, end)
+                if fault.get("corrupt"):
+                    chunk = bytes(b ^ 0xFF for b in chunk[:16]) + chunk[16:]
+                self.wfile.write(chunk)
+                with hub.lock:
+                    hub.served_bytes[blob.id] = hub.served_bytes.get(blob.id, 0) + len(chunk)
+                pos = end
+                if fault.get("throttle_s"):
+                    time.sleep(fault["throttle_s"])  # per step: keeps a transfer in flight for concurrency tests
+        except OSError:
+            self.close_connection = True  # the client went away (killed or cut)
+            return
         if pos >= size:
             return
         self.wfile.flush()

@@ -83,7 +83,7 @@ def test_missing_token_is_a_clear_error_and_leaves_nothing(hub, tmp_path):
     assert hub.count("api", "/api/download/models/2001") == 1  # no retry storm on 401
 
 
-@pytest.mark.parametrize("status,pattern", [(404, "not found"), (410, "removed or archived")])
+@pytest.mark.parametrize("status,pattern", [(404, "Model not found"), (410, "archived")])
 def test_civitai_gone_answers(hub, tmp_path, status, pattern):
     hub.add_civitai(300, 3001, ["b"], status=status)
     with pytest.raises(FetchError, match=pattern):
@@ -98,12 +98,12 @@ def test_early_access_names_the_deadline(hub, tmp_path):
             "https://civitai.com", hub.api_base))
 
 
-def test_model_id_only_takes_the_newest_version_and_url_forms_parse(hub, tmp_path):
-    hub.add_civitai(100, 1002, ["b"])
+def test_model_id_only_takes_the_first_version_on_the_page_and_url_forms_parse(hub, tmp_path):
+    hub.add_civitai(100, 1002, ["b"])  # listed after 1001: the page's order, not the newest id, decides
     r = fetch(hub, tmp_path, f"{hub.api_base}/models/100/some-slug")
-    assert r.name == "style_b.safetensors" and r.provenance["civitai"]["version_id"] == 1002
-    r2 = fetch(hub, tmp_path, f"{hub.api_base}/api/download/models/1001?type=Model&format=SafeTensor")
-    assert r2.name == "style_a.safetensors"
+    assert r.name == "style_a.safetensors" and r.provenance["civitai"]["version_id"] == 1001
+    r2 = fetch(hub, tmp_path, f"{hub.api_base}/api/download/models/1002?type=Model&format=SafeTensor")
+    assert r2.name == "style_b.safetensors"
 
 
 def test_by_hash_from_civitai(hub, tmp_path):
@@ -330,7 +330,7 @@ def test_servers_that_never_give_the_asked_range_end_in_an_error(hub, tmp_path, 
 
 def test_by_hash_never_takes_another_file_of_the_version(hub, tmp_path):
     wrong = "sha256:" + "ab" * 32
-    hub.versions[1001].files[0]["hashes"]["SHA256"] = "AB" * 32  # Civitai claims it...
+    hub.versions[1001].files[0].claimed["SHA256"] = "AB" * 32  # Civitai claims it...
     with pytest.raises(FetchError, match="expected abab"):  # ...but the bytes say otherwise
         fetch(hub, tmp_path, wrong)
     assert "style_a.safetensors" not in listing(tmp_path)
