@@ -21,10 +21,10 @@ BASE = MODELS / "workbench-sd15-tiny.safetensors"
 UNET, TE = "model.diffusion_model.", "cond_stage_model.transformer.text_model.encoder.layers."
 CHANGED = {
     UNET + "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight":
-        "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q",
-    UNET + "middle_block.1.proj_in.weight": "lora_unet_middle_block_1_proj_in",
-    UNET + "output_blocks.0.0.in_layers.2.weight": "lora_unet_output_blocks_0_0_in_layers_2",  # 3x3 conv
-    UNET + "output_blocks.0.0.skip_connection.weight": "lora_unet_output_blocks_0_0_skip_connection",  # 1x1 conv
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+    UNET + "middle_block.1.proj_in.weight": "lora_unet_mid_block_attentions_0_proj_in",
+    UNET + "output_blocks.0.0.in_layers.2.weight": "lora_unet_up_blocks_0_resnets_0_conv1",  # 3x3 conv
+    UNET + "output_blocks.0.0.skip_connection.weight": "lora_unet_up_blocks_0_resnets_0_conv_shortcut",  # 1x1 conv
     TE + "3.self_attn.v_proj.weight": "lora_te_text_model_encoder_layers_3_self_attn_v_proj",
     TE + "11.mlp.fc2.weight": "lora_te_text_model_encoder_layers_11_mlp_fc2",
 }
@@ -81,15 +81,22 @@ def test_extraction_recovers_known_low_rank_changes_in_every_layer_kind(base_sd,
     assert "6 layers extracted" in report and "worst layers" in report and "M00" in report
 
 
-def test_large_rank_stores_a_full_difference_where_smaller(base_sd, tmp_path):
-    make_tuned(base_sd, tmp_path / "t.safetensors")
+def test_large_rank_stores_the_whole_difference_as_an_exact_full_rank_pair(base_sd, tmp_path):
+    deltas = make_tuned(base_sd, tmp_path / "t.safetensors")
     out = tmp_path / "full.safetensors"
     r = extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=400, max_rank=400))
     full = {s.name for s in r.layers if s.rank == -1}
-    # 320x320 proj_in: 400 * 640 >= 320 * 320, stored whole; 3x3 conv 320x5760 is not
-    assert "lora_unet_middle_block_1_proj_in" in full
+    # 640x640 proj_in: 400 * 1280 >= 640 * 640, stored whole; 3x3 conv 640x11520 is not
+    name = "lora_unet_mid_block_attentions_0_proj_in"
+    assert name in full and "stored whole" in r.report()
     with safe_open(str(out), "pt") as f:
-        assert "lora_unet_middle_block_1_proj_in.diff" in f.keys()
+        assert not [k for k in f.keys() if k.endswith((".diff", ".diff_b"))]  # unreadable for diffusers
+        up, down = f.get_tensor(f"{name}.lora_up.weight"), f.get_tensor(f"{name}.lora_down.weight")
+        c = base_sd[UNET + "middle_block.1.proj_in.weight"].shape[0]
+        assert up.shape == down.shape == (c, c, 1, 1) and float(f.get_tensor(f"{name}.alpha")) == c
+        want = deltas[UNET + "middle_block.1.proj_in.weight"].flatten(1)
+        got = up.float().flatten(1) @ down.float().flatten(1)
+        assert float(torch.linalg.norm(got - want) / torch.linalg.norm(want)) < 1e-3  # exact up to fp16
 
 
 def test_plan_reports_mismatches_and_one_sided_keys(base_sd, tmp_path):
@@ -178,7 +185,7 @@ def test_bf16_factors_and_a_lora_given_as_a_checkpoint(base_sd, tmp_path):
     out = tmp_path / "bf16.safetensors"
     extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=4, max_rank=4, dtype="bf16"))
     with safe_open(str(out), "pt") as f:
-        assert f.get_tensor("lora_unet_middle_block_1_proj_in.lora_up.weight").dtype == torch.bfloat16
+        assert f.get_tensor("lora_unet_mid_block_attentions_0_proj_in.lora_up.weight").dtype == torch.bfloat16
     with pytest.raises(ExtractError, match="the base file is a LoRA, not a model checkpoint"):
         extract_files(str(out), str(tmp_path / "t.safetensors"), str(tmp_path / "o.safetensors"),
                       Options(value=4, max_rank=4))
