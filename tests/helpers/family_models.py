@@ -48,7 +48,7 @@ TINY = {
     # SDXL: the real layout (3 levels, attention from the second), narrow and shallow.
     "sdxl": {**FULL["sdxl"], "model_channels": 32, "channel_mult": [1, 2, 2], "context_dim": 32,
              "num_head_channels": 16, "adm_in_channels": 48, "transformer_depth": [0, 0, 1, 1, 2, 2],
-             "transformer_depth_middle": 1, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2]},
+             "transformer_depth_middle": 2, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2]},
     "flux": {**FULL["flux"], "hidden_size": 128, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
              "axes_dim": [16, 24, 24], "vec_in_dim": 32, "context_in_dim": 48},
     "wan": {**FULL["wan"], "dim": 128, "num_heads": 2, "ffn_dim": 256, "num_layers": 2, "text_dim": 48},
@@ -86,34 +86,43 @@ def _seeded(key: str, shape, seed: int, scale: float) -> torch.Tensor:
     return torch.randn(shape, generator=g) * scale
 
 
-def write_pair(family: str, model, folder: Path, rank: int = 2, seed: int = 7, dtype=torch.float16):
-    """Write ``base.safetensors`` and ``tuned.safetensors`` of a tiny model into ``folder``.
+def write_pair(family: str, model, folder: Path, rank: int = 2, seed: int = 7, dtype=torch.float16,
+               keep_deltas: bool = True):
+    """Write ``base.safetensors`` and ``tuned.safetensors`` of a model into ``folder`` (the
+    model may be on the meta device: only its names and shapes are used).
 
     Every floating weight gets seeded values of a trainable scale; every matrix or kernel
     (ndim >= 2) is changed in ``tuned`` by a rank-``rank`` delta about as large as the weight.
-    Both files store ``dtype``. Returns ``(base_path, tuned_path, deltas)`` with
-    ``deltas[model state-dict key] = tuned - base`` in float32, as stored (so the stored
-    rounding is part of the truth).
+    Both files store ``dtype``; one file's tensors are in memory at a time. Returns
+    ``(base_path, tuned_path, deltas)`` with ``deltas[model state-dict key] = tuned - base`` in
+    float32, as stored (so the stored rounding is part of the truth), or None per key when
+    not ``keep_deltas`` (read them from the two files instead).
     """
     from safetensors.torch import save_file
 
-    base, tuned, deltas = {}, {}, {}
-    for k, v in model.state_dict().items():
-        if not k.startswith("diffusion_model.") or not torch.is_floating_point(v):
-            continue
-        name = PREFIX[family] + k[len("diffusion_model."):]
+    weights = {k: v for k, v in model.state_dict().items()
+               if k.startswith("diffusion_model.") and torch.is_floating_point(v)}
+
+    def base_of(k, v):
         fan_in = max(1, v[0].numel()) if v.ndim >= 2 else 1
-        w = _seeded(k, v.shape, seed, fan_in ** -0.5 if v.ndim >= 2 else 0.02)
-        base[name] = w.to(dtype)
-        if v.ndim >= 2:
-            m, n = v.shape[0], v[0].numel()
-            d = (_seeded(k + ".u", (m, rank), seed, 1.0) @ _seeded(k + ".v", (rank, n), seed, 1.0))
-            d *= float(w.norm()) / float(d.norm())
-            tuned[name] = (w + d.reshape(v.shape)).to(dtype)
-            deltas[k] = tuned[name].float() - base[name].float()
-        else:
-            tuned[name] = base[name]
+        return _seeded(k, v.shape, seed, fan_in ** -0.5 if v.ndim >= 2 else 0.02)
+
+    def name(k):
+        return PREFIX[family] + k[len("diffusion_model."):]
+
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(base, str(folder / "base.safetensors"))
+    save_file({name(k): base_of(k, v).to(dtype) for k, v in weights.items()}, str(folder / "base.safetensors"))
+    tuned, deltas = {}, {}
+    for k, v in weights.items():
+        w = base_of(k, v)
+        if v.ndim < 2:
+            tuned[name(k)] = w.to(dtype)
+            continue
+        m, n = v.shape[0], v[0].numel()
+        d = _seeded(k + ".u", (m, rank), seed, 1.0) @ _seeded(k + ".v", (rank, n), seed, 1.0)
+        d *= float(w.norm()) / float(d.norm())
+        tuned[name(k)] = (w + d.reshape(v.shape)).to(dtype)
+        deltas[k] = tuned[name(k)].float() - w.to(dtype).float() if keep_deltas else None
+        del w, d
     save_file(tuned, str(folder / "tuned.safetensors"))
     return folder / "base.safetensors", folder / "tuned.safetensors", deltas

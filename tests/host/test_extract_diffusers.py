@@ -1,0 +1,168 @@
+"""Extracted LoRAs read by diffusers' own loaders for kohya / non-diffusers files.
+
+The pairs are built with the pinned host's classes (so the checkpoints have the real key
+layout of each family); the diffusers model is built from the family's published
+``config.json`` values (reduced where full size does not fit a CPU test; no download). The
+LoRA goes through the loader a diffusers user calls (``lora_state_dict`` then
+``load_lora_into_unet`` / ``load_lora_into_transformer``, what ``load_lora_weights`` runs),
+is fused, and every module's change (weight after - weight before) is compared with the
+true delta mapped to diffusers names by the host's own map (``comfy.utils.unet_to_diffusers``
+/ ``flux_to_diffusers``). Every module of the file must be applied: the set of changed
+diffusers modules is exactly the set the truth names.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import family_models as fm
+
+pytestmark = pytest.mark.host
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+# Published config.json values: runwayml/stable-diffusion-v1-5 unet, stabilityai/stable-diffusion-xl-base-1.0
+# unet, black-forest-labs/FLUX.1-dev transformer.
+SD15_UNET = {"act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+             "center_input_sample": False, "cross_attention_dim": 768,
+             "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                  "DownBlock2D"],
+             "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
+             "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+             "out_channels": 4, "sample_size": 64,
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}
+SDXL_UNET = {"act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
+             "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
+             "center_input_sample": False, "cross_attention_dim": 2048,
+             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+             "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
+             "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+             "out_channels": 4, "projection_class_embeddings_input_dim": 2816, "resnet_time_scale_shift": "default",
+             "sample_size": 128, "transformer_layers_per_block": [1, 2, 10],
+             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "use_linear_projection": True}
+FLUX_TRANSFORMER = {"attention_head_dim": 128, "guidance_embeds": True, "in_channels": 64, "joint_attention_dim": 4096,
+                    "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38, "patch_size": 1,
+                    "pooled_projection_dim": 768}
+
+# The same reductions as the host-side tiny pairs (helpers.family_models.TINY): widths only.
+SD15_TINY = {**SD15_UNET, "block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32}
+SDXL_TINY = {**SDXL_UNET, "block_out_channels": [32, 64, 64], "attention_head_dim": [2, 4, 4],
+             "cross_attention_dim": 32, "transformer_layers_per_block": [1, 1, 2],
+             "projection_class_embeddings_input_dim": 48, "addition_time_embed_dim": 8}
+# diffusers' kohya Flux converter splits single-block linear1 at the real width (3072): real
+# widths, one block of each kind, small text/pooled inputs (only the embedders' fan-in shrinks).
+FLUX_REDUCED = {**FLUX_TRANSFORMER, "num_layers": 1, "num_single_layers": 1, "joint_attention_dim": 64,
+                "pooled_projection_dim": 64}
+FLUX_REDUCED_HOST = {**fm.FULL["flux"], "depth": 1, "depth_single_blocks": 1, "context_in_dim": 64, "vec_in_dim": 64}
+
+
+def _fused_changes(model, load) -> dict[str, torch.Tensor]:
+    """Weight after - weight before of every module ``load`` + ``fuse_lora`` changed, float32."""
+    before = {k: v.float().clone() for k, v in model.state_dict().items() if k.endswith(".weight")}
+    load()
+    model.fuse_lora(lora_scale=1.0)
+    after = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
+             if k.endswith(".weight") and "lora_" not in k}
+    changes = {}
+    for k, w in before.items():
+        d = after[k].float() - w
+        if d.any():
+            changes[k] = d
+    return changes
+
+
+def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float(torch.linalg.norm(got.flatten() - want.flatten()) / torch.linalg.norm(want))
+
+
+def _extract(tmp_path, base, tuned):
+    from lora_workbench.lora_ops.extract import Options, extract_files
+
+    out = tmp_path / "extracted.safetensors"
+    result = extract_files(str(base), str(tuned), str(out), Options(value=4, max_rank=4))
+    return out, result
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_sd_unets_load_in_diffusers_with_every_module_applied_and_right(comfy_host, family, tmp_path):
+    import comfy.utils
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from safetensors import safe_open
+
+    host = fm.build(family, fm.TINY[family], device="meta")
+    base, tuned, deltas = fm.write_pair(family, host, tmp_path)
+    out, result = _extract(tmp_path, base, tuned)
+    with safe_open(str(out), "pt") as f:
+        keys = list(f.keys())
+    assert not [k for k in keys if ".diff" in k]
+    modules = {k.split(".")[0] for k in keys}
+    assert len(modules) == len(deltas) and any(s.rank == -1 for s in result.layers)  # conv_out: a full-rank pair
+    if family == "sd15":
+        assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in modules
+    else:
+        assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in modules
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**(SD15_TINY if family == "sd15" else SDXL_TINY))
+    loader = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
+
+    def load():
+        sd, alphas = loader.lora_state_dict(str(out), unet_config=unet.config)
+        loader.load_lora_into_unet(sd, alphas, unet)
+
+    weights = set(unet.state_dict())
+    changes = _fused_changes(unet, load)
+    # The truth in diffusers names, by the host's own LDM -> diffusers map.
+    # (The host's map also lists names this UNet lacks, e.g. SD2 unCLIP's class_embedding.)
+    to_ldm = comfy.utils.unet_to_diffusers(fm.TINY[family])
+    truth = {k: deltas["diffusion_model." + v] for k, v in to_ldm.items()
+             if "diffusion_model." + v in deltas and k in weights}
+    assert len(truth) == len(deltas)
+    assert set(changes) == set(truth)  # every module of the file applied, nothing else touched
+    errors = {k: _relative(changes[k], truth[k]) for k in truth}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-2, (worst, errors[worst])  # measured: fp16 file rounding, < 2e-3
+
+
+def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host, tmp_path):
+    import comfy.utils
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from safetensors import safe_open
+
+    host = fm.build("flux", FLUX_REDUCED_HOST, device="meta")
+    base, tuned, deltas = fm.write_pair("flux", host, tmp_path, dtype=torch.bfloat16, keep_deltas=False)
+    out, result = _extract(tmp_path, base, tuned)
+    with safe_open(str(out), "pt") as f:
+        modules = {k.split(".")[0] for k in f.keys()}
+    assert len(modules) == len(deltas) and "lora_unet_single_blocks_0_linear1" in modules
+
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel(**FLUX_REDUCED)
+    transformer = transformer.to(torch.bfloat16).to_empty(device="cpu")
+    for p in transformer.parameters():
+        p.zero_()  # the applied change is then the weight itself: no bf16 rounding of W + delta
+
+    def load():
+        sd, alphas = FluxPipeline.lora_state_dict(str(out), return_alphas=True)
+        FluxPipeline.load_lora_into_transformer(sd, alphas, transformer)
+
+    changes = _fused_changes(transformer, load)
+    to_bfl = {k: v for k, v in comfy.utils.flux_to_diffusers(FLUX_REDUCED_HOST).items() if k.endswith(".weight")}
+    assert set(changes) == {k for k, v in to_bfl.items() if (v if isinstance(v, str) else v[0]) in deltas}
+    errors = {}
+    with safe_open(str(base), "pt") as fb, safe_open(str(tuned), "pt") as ft:
+        for k, target in to_bfl.items():
+            key = target if isinstance(target, str) else target[0]
+            if key not in deltas:
+                continue
+            d = ft.get_tensor(key).float() - fb.get_tensor(key).float()
+            if isinstance(target, tuple) and target[1] is not None:  # a row slice of a fused weight
+                _, start, length = target[1]
+                d = d[start:start + length]
+            elif isinstance(target, tuple):  # final_layer.adaLN_modulation: halves swapped
+                d = target[2](d)
+            errors[k] = _relative(changes[k], d)
+    assert len(errors) == len(changes)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-2, (worst, errors[worst])  # bf16 files and weights: measured < 5e-3
