@@ -57,19 +57,27 @@ FLUX_REDUCED = {**FLUX_TRANSFORMER, "num_layers": 1, "num_single_layers": 1, "jo
 FLUX_REDUCED_HOST = {**fm.FULL["flux"], "depth": 1, "depth_single_blocks": 1, "context_in_dim": 64, "vec_in_dim": 64}
 
 
-def _fused_changes(model, load) -> dict[str, torch.Tensor]:
-    """Weight after - weight before of every module ``load`` + ``fuse_lora`` changed, float32."""
-    before = {k: v.float().clone() for k, v in model.state_dict().items() if k.endswith(".weight")}
-    load()
-    model.fuse_lora(lora_scale=1.0)
-    after = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
-             if k.endswith(".weight") and "lora_" not in k}
-    changes = {}
-    for k, w in before.items():
-        d = after[k].float() - w
-        if d.any():
-            changes[k] = d
-    return changes
+class _Fused:
+    """The change ``load`` + ``fuse_lora`` makes to each module weight of ``model``:
+    ``keys`` (the weights that changed) and ``change(key)`` (after - before, float32).
+    ``zero``: the model's weights are all zero, so the weight after is the change (nothing
+    is copied: a Flux-width model stays one copy in memory)."""
+
+    def __init__(self, model, load, zero: bool = False):
+        state = model.state_dict()
+        self._before = None if zero else {k: v.clone() for k, v in state.items() if k.endswith(".weight")}
+        names = [k for k in state if k.endswith(".weight")]
+        if zero:
+            assert not any(v.any() for v in state.values())
+        load()
+        model.fuse_lora(lora_scale=1.0)
+        self._after = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
+                       if k.endswith(".weight") and "lora_" not in k}
+        self.keys = {k for k in names if self.change(k).any()}
+
+    def change(self, key: str) -> torch.Tensor:
+        after = self._after[key].float()
+        return after if self._before is None else after - self._before[key].float()
 
 
 def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -112,15 +120,15 @@ def test_sd_unets_load_in_diffusers_with_every_module_applied_and_right(comfy_ho
         loader.load_lora_into_unet(sd, alphas, unet)
 
     weights = set(unet.state_dict())
-    changes = _fused_changes(unet, load)
+    fused = _Fused(unet, load)
     # The truth in diffusers names, by the host's own LDM -> diffusers map.
     # (The host's map also lists names this UNet lacks, e.g. SD2 unCLIP's class_embedding.)
     to_ldm = comfy.utils.unet_to_diffusers(fm.TINY[family])
     truth = {k: deltas["diffusion_model." + v] for k, v in to_ldm.items()
              if "diffusion_model." + v in deltas and k in weights}
     assert len(truth) == len(deltas)
-    assert set(changes) == set(truth)  # every module of the file applied, nothing else touched
-    errors = {k: _relative(changes[k], truth[k]) for k in truth}
+    assert fused.keys == set(truth)  # every module of the file applied, nothing else touched
+    errors = {k: _relative(fused.change(k), truth[k]) for k in truth}
     worst = max(errors, key=errors.get)
     assert errors[worst] < 1e-2, (worst, errors[worst])  # measured: fp16 file rounding, < 2e-3
 
@@ -132,7 +140,7 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
 
     host = fm.build("flux", FLUX_REDUCED_HOST, device="meta")
     base, tuned, deltas = fm.write_pair("flux", host, tmp_path, dtype=torch.bfloat16, keep_deltas=False)
-    out, result = _extract(tmp_path, base, tuned)
+    out, _ = _extract(tmp_path, base, tuned)
     with safe_open(str(out), "pt") as f:
         modules = {k.split(".")[0] for k in f.keys()}
     assert len(modules) == len(deltas) and "lora_unet_single_blocks_0_linear1" in modules
@@ -143,18 +151,29 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
     for p in transformer.parameters():
         p.zero_()  # the applied change is then the weight itself: no bf16 rounding of W + delta
 
+    converted = {}
+
     def load():
         sd, alphas = FluxPipeline.lora_state_dict(str(out), return_alphas=True)
+        converted.update(sd)
         FluxPipeline.load_lora_into_transformer(sd, alphas, transformer)
 
-    changes = _fused_changes(transformer, load)
+    fused = _Fused(transformer, load, zero=True)
     to_bfl = {k: v for k, v in comfy.utils.flux_to_diffusers(FLUX_REDUCED_HOST).items() if k.endswith(".weight")}
-    assert set(changes) == {k for k, v in to_bfl.items() if (v if isinstance(v, str) else v[0]) in deltas}
+    bfl = {k: v if isinstance(v, str) else v[0] for k, v in to_bfl.items()}  # the file's key (bare BFL names)
+    expected = {k for k, v in bfl.items() if "diffusion_model." + v in deltas}
+    # diffusers 0.42.1 drops kohya's Flux modules outside the blocks (img_in, txt_in, time_in,
+    # vector_in, guidance_in, final_layer): its converter names them without the "transformer."
+    # prefix that load_lora_into_transformer keeps, so they never reach the model. A diffusers
+    # bug, shown here so the test notices when it is fixed; ComfyUI applies them (golden test).
+    outside = {k for k in expected if not k.startswith(("transformer_blocks.", "single_transformer_blocks."))}
+    assert len(outside) == 10 and all(f"{k[:-len('.weight')]}.lora_A.weight" in converted for k in outside)
+    assert fused.keys == expected - outside  # every block module of the file applied, nothing else touched
     errors = {}
     with safe_open(str(base), "pt") as fb, safe_open(str(tuned), "pt") as ft:
         for k, target in to_bfl.items():
-            key = target if isinstance(target, str) else target[0]
-            if key not in deltas:
+            key = bfl[k]
+            if k not in fused.keys:
                 continue
             d = ft.get_tensor(key).float() - fb.get_tensor(key).float()
             if isinstance(target, tuple) and target[1] is not None:  # a row slice of a fused weight
@@ -162,7 +181,7 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
                 d = d[start:start + length]
             elif isinstance(target, tuple):  # final_layer.adaLN_modulation: halves swapped
                 d = target[2](d)
-            errors[k] = _relative(changes[k], d)
-    assert len(errors) == len(changes)
+            errors[k] = _relative(fused.change(k), d)
+    assert len(errors) == len(fused.keys)
     worst = max(errors, key=errors.get)
     assert errors[worst] < 1e-2, (worst, errors[worst])  # bf16 files and weights: measured < 5e-3
