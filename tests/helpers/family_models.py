@@ -98,8 +98,6 @@ def write_pair(family: str, model, folder: Path, rank: int = 2, seed: int = 7, d
     float32, as stored (so the stored rounding is part of the truth), or None per key when
     not ``keep_deltas`` (read them from the two files instead).
     """
-    from safetensors.torch import save_file
-
     weights = {k: v for k, v in model.state_dict().items()
                if k.startswith("diffusion_model.") and torch.is_floating_point(v)}
 
@@ -110,19 +108,48 @@ def write_pair(family: str, model, folder: Path, rank: int = 2, seed: int = 7, d
     def name(k):
         return PREFIX[family] + k[len("diffusion_model."):]
 
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({name(k): base_of(k, v).to(dtype) for k, v in weights.items()}, str(folder / "base.safetensors"))
-    tuned, deltas = {}, {}
-    for k, v in weights.items():
+    deltas = {}
+
+    def tuned_of(k, v):
         w = base_of(k, v)
         if v.ndim < 2:
-            tuned[name(k)] = w.to(dtype)
-            continue
+            return w.to(dtype)
         m, n = v.shape[0], v[0].numel()
         d = _seeded(k + ".u", (m, rank), seed, 1.0) @ _seeded(k + ".v", (rank, n), seed, 1.0)
         d *= float(w.norm()) / float(d.norm())
-        tuned[name(k)] = (w + d.reshape(v.shape)).to(dtype)
-        deltas[k] = tuned[name(k)].float() - w.to(dtype).float() if keep_deltas else None
-        del w, d
-    save_file(tuned, str(folder / "tuned.safetensors"))
+        t = (w + d.reshape(v.shape)).to(dtype)
+        deltas[k] = t.float() - w.to(dtype).float() if keep_deltas else None
+        return t
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = {name(k): tuple(v.shape) for k, v in weights.items()}
+    write_streaming(folder / "base.safetensors", shapes, dtype,
+                    (base_of(k, v).to(dtype) for k, v in weights.items()))
+    write_streaming(folder / "tuned.safetensors", shapes, dtype, (tuned_of(k, v) for k, v in weights.items()))
     return folder / "base.safetensors", folder / "tuned.safetensors", deltas
+
+
+_DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+
+
+def write_streaming(path: Path, shapes: dict[str, tuple], dtype, tensors) -> None:
+    """A safetensors file of ``shapes`` (name -> shape, in order) in ``dtype``, its tensors
+    taken one at a time from the iterable ``tensors`` (same order) and written as they come,
+    so a full-width model never sits in memory."""
+    import json
+    import math
+
+    size = torch.tensor([], dtype=dtype).element_size()
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        n = math.prod(shape) * size
+        header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for (key, shape), t in zip(shapes.items(), tensors, strict=True):
+            assert tuple(t.shape) == shape and t.dtype == dtype, key
+            f.write(memoryview(t.contiguous().view(torch.uint8).numpy()))

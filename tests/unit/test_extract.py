@@ -291,3 +291,41 @@ def test_other_dit_families_get_comfy_dotted_names_and_3d_convolutions_work(tmp_
     assert down.shape == (3, 16, 1, 2, 2) and up.shape == (32, 3, 1, 1, 1)
     recon = (up.float().flatten(1) @ down.float().flatten(1)).reshape(d_p.shape)
     assert float(torch.linalg.norm(recon - d_p) / torch.linalg.norm(d_p)) < 2e-3
+
+
+def test_sd1_modules_get_kohyas_diffusers_names_and_keep_their_ldm_block_ids():
+    from lora_ops.unet_names import ldm_to_diffusers, res_blocks_of
+
+    sd15 = {  # LDM name -> kohya's SD1.x module name (what kohya's networks/lora.py writes)
+        "input_blocks.0.0.weight": "lora_unet_conv_in",
+        "time_embed.2.weight": "lora_unet_time_embedding_linear_2",
+        "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight":
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+        "input_blocks.2.0.emb_layers.1.weight": "lora_unet_down_blocks_0_resnets_1_time_emb_proj",
+        "input_blocks.3.0.op.weight": "lora_unet_down_blocks_0_downsamplers_0_conv",
+        "input_blocks.4.0.skip_connection.weight": "lora_unet_down_blocks_1_resnets_0_conv_shortcut",
+        "input_blocks.11.0.out_layers.3.weight": "lora_unet_down_blocks_3_resnets_1_conv2",
+        "middle_block.0.in_layers.2.weight": "lora_unet_mid_block_resnets_0_conv1",
+        "middle_block.1.transformer_blocks.0.ff.net.0.proj.weight":
+            "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj",
+        "middle_block.2.out_layers.3.weight": "lora_unet_mid_block_resnets_1_conv2",
+        "output_blocks.2.1.conv.weight": "lora_unet_up_blocks_0_upsamplers_0_conv",  # no attention there
+        "output_blocks.5.2.conv.weight": "lora_unet_up_blocks_1_upsamplers_0_conv",
+        "output_blocks.11.1.proj_out.weight": "lora_unet_up_blocks_3_attentions_2_proj_out",
+        "out.2.weight": "lora_unet_conv_out",
+    }
+    header = {UNET + k: (320, 320) for k in [*sd15, "input_blocks.6.0.op.weight", "input_blocks.9.0.op.weight"]}
+    assert res_blocks_of(k[len(UNET):] for k in header) == 2
+    plan = make_plan({k: ("F16", s) for k, s in header.items()}, {k: ("F16", s) for k, s in header.items()})
+    names = {layer.base_key[len(UNET):]: layer for layer in plan.layers}
+    assert {k: names[k].name for k in sd15} == sd15
+    # block ids stay those of the checkpoint's own names (the A1111 ids)
+    assert names["input_blocks.3.0.op.weight"].block == "IN03"
+    assert names["middle_block.1.transformer_blocks.0.ff.net.0.proj.weight"].block == "M00"
+    assert names["output_blocks.11.1.proj_out.weight"].block == "OUT11"
+    # the tiny test UNet (one ResNet per level): its downsampler sits at input_blocks.2
+    assert res_blocks_of(["input_blocks.2.0.op.weight", "input_blocks.5.0.op.weight"]) == 1
+    assert ldm_to_diffusers("output_blocks.1.1.conv.weight", 1) == "up_blocks.0.upsamplers.0.conv.weight"
+    assert ldm_to_diffusers("input_blocks.3.1.proj_in.weight", 1) == "down_blocks.1.attentions.0.proj_in.weight"
+    assert ldm_to_diffusers("label_emb.0.0.weight") == "add_embedding.linear_1.weight"
+    assert ldm_to_diffusers("input_blocks.1.7.weight") is None
