@@ -8,6 +8,7 @@ a real file); the tiny ones keep every kind of layer of the family and shrink wi
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def _seeded(key: str, shape, seed: int, scale: float) -> torch.Tensor:
 
 
 def write_pair(family: str, model, folder: Path, rank: int = 2, seed: int = 7, dtype=torch.float16,
-               keep_deltas: bool = True):
+               keep_deltas: bool = True, extra: tuple[dict, dict] | None = None):
     """Write ``base.safetensors`` and ``tuned.safetensors`` of a model into ``folder`` (the
     model may be on the meta device: only its names and shapes are used).
 
@@ -96,7 +97,8 @@ def write_pair(family: str, model, folder: Path, rank: int = 2, seed: int = 7, d
     Both files store ``dtype``; one file's tensors are in memory at a time. Returns
     ``(base_path, tuned_path, deltas)`` with ``deltas[model state-dict key] = tuned - base`` in
     float32, as stored (so the stored rounding is part of the truth), or None per key when
-    not ``keep_deltas`` (read them from the two files instead).
+    not ``keep_deltas`` (read them from the two files instead). ``extra``: more (base, tuned)
+    checkpoint tensors (same keys) written after the model's, e.g. text encoders.
     """
     weights = {k: v for k, v in model.state_dict().items()
                if k.startswith("diffusion_model.") and torch.is_floating_point(v)}
@@ -122,10 +124,14 @@ def write_pair(family: str, model, folder: Path, rank: int = 2, seed: int = 7, d
         return t
 
     folder.mkdir(parents=True, exist_ok=True)
-    shapes = {name(k): tuple(v.shape) for k, v in weights.items()}
+    extra_base, extra_tuned = extra or ({}, {})
+    shapes = {name(k): tuple(v.shape) for k, v in weights.items()} | {k: tuple(v.shape) for k, v in extra_base.items()}
     write_streaming(folder / "base.safetensors", shapes, dtype,
-                    (base_of(k, v).to(dtype) for k, v in weights.items()))
-    write_streaming(folder / "tuned.safetensors", shapes, dtype, (tuned_of(k, v) for k, v in weights.items()))
+                    itertools.chain((base_of(k, v).to(dtype) for k, v in weights.items()),
+                                    (v.to(dtype) for v in extra_base.values())))
+    write_streaming(folder / "tuned.safetensors", shapes, dtype,
+                    itertools.chain((tuned_of(k, v) for k, v in weights.items()),
+                                    (extra_tuned[k].to(dtype) for k in extra_base)))
     return folder / "base.safetensors", folder / "tuned.safetensors", deltas
 
 

@@ -1,4 +1,5 @@
-"""Extracted LoRAs read by diffusers' own loaders for kohya / non-diffusers files.
+"""Extracted LoRAs (UNet or transformer, and text encoders) read by diffusers' own loaders
+for kohya / non-diffusers files.
 
 The pairs are built with the pinned host's classes (so the checkpoints have the real key
 layout of each family); the diffusers model is built from the family's published
@@ -57,20 +58,54 @@ FLUX_REDUCED = {**FLUX_TRANSFORMER, "num_layers": 1, "num_single_layers": 1, "jo
 FLUX_REDUCED_HOST = {**fm.FULL["flux"], "depth": 1, "depth_single_blocks": 1, "context_in_dim": 64, "vec_in_dim": 64}
 
 
+CLIP_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+             "vocab_size": 100, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 32}
+_CLIP_LINEARS = {"self_attn.q_proj": (32, 32), "self_attn.k_proj": (32, 32), "self_attn.v_proj": (32, 32),
+                 "self_attn.out_proj": (32, 32), "mlp.fc1": (64, 32), "mlp.fc2": (32, 64)}
+
+
+def _clip_pair(prefix: str, open_clip: bool, seed: int):
+    """(base, tuned, truth) of a tiny text encoder's linears in a checkpoint's layout: the HF
+    CLIP names under ``prefix``, or open_clip's (``resblocks``, fused ``in_proj_weight``).
+    ``truth`` maps HF module names to tuned - base after fp16 storage, float32."""
+    g = torch.Generator().manual_seed(seed)
+    base, tuned, truth = {}, {}, {}
+    for i in range(CLIP_TINY["num_hidden_layers"]):
+        layer = {}
+        for mod, (m, n) in _CLIP_LINEARS.items():
+            w = torch.randn(m, n, generator=g) / n ** 0.5
+            d = torch.randn(m, 2, generator=g) @ torch.randn(2, n, generator=g)
+            layer[mod] = (w, w + d * float(w.norm() / d.norm()))
+        for mod, (w, t) in layer.items():
+            truth[f"text_model.encoder.layers.{i}.{mod}.weight"] = t.half().float() - w.half().float()
+        if not open_clip:
+            for mod, (w, t) in layer.items():
+                key = f"{prefix}text_model.encoder.layers.{i}.{mod}.weight"
+                base[key], tuned[key] = w, t
+            continue
+        res = f"{prefix}transformer.resblocks.{i}."
+        for side, out in ((0, base), (1, tuned)):
+            out[res + "attn.in_proj_weight"] = torch.cat([layer[f"self_attn.{p}_proj"][side] for p in "qkv"])
+            out[res + "attn.out_proj.weight"] = layer["self_attn.out_proj"][side]
+            out[res + "mlp.c_fc.weight"] = layer["mlp.fc1"][side]
+            out[res + "mlp.c_proj.weight"] = layer["mlp.fc2"][side]
+    return base, tuned, truth
+
+
 class _Fused:
     """The change ``load`` + ``fuse_lora`` makes to each module weight of ``model``:
     ``keys`` (the weights that changed) and ``change(key)`` (after - before, float32).
     ``zero``: the model's weights are all zero, so the weight after is the change (nothing
     is copied: a Flux-width model stays one copy in memory)."""
 
-    def __init__(self, model, load, zero: bool = False):
+    def __init__(self, model, load, zero: bool = False, fuse=None):
         state = model.state_dict()
         self._before = None if zero else {k: v.clone() for k, v in state.items() if k.endswith(".weight")}
         names = [k for k in state if k.endswith(".weight")]
         if zero:
             assert not any(v.any() for v in state.values())
         load()
-        model.fuse_lora(lora_scale=1.0)
+        fuse() if fuse is not None else model.fuse_lora(lora_scale=1.0)
         self._after = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
                        if k.endswith(".weight") and "lora_" not in k}
         self.keys = {k for k in names if self.change(k).any()}
@@ -96,16 +131,27 @@ def _extract(tmp_path, base, tuned):
 def test_sd_unets_load_in_diffusers_with_every_module_applied_and_right(comfy_host, family, tmp_path):
     import comfy.utils
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.loaders.lora_base import fuse_text_encoder_lora
     from safetensors import safe_open
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     host = fm.build(family, fm.TINY[family], device="meta")
-    base, tuned, deltas = fm.write_pair(family, host, tmp_path)
+    # Text encoders as the family's checkpoints store them: SD1.x one HF CLIP, SDXL an HF CLIP-L
+    # and an open_clip CLIP-G.
+    encoders = ({"text_encoder": _clip_pair("cond_stage_model.transformer.", False, 1)} if family == "sd15" else
+                {"text_encoder": _clip_pair("conditioner.embedders.0.transformer.", False, 1),
+                 "text_encoder_2": _clip_pair("conditioner.embedders.1.model.", True, 2)})
+    extra = ({k: v for e in encoders.values() for k, v in e[0].items()},
+             {k: v for e in encoders.values() for k, v in e[1].items()})
+    base, tuned, deltas = fm.write_pair(family, host, tmp_path, extra=extra)
     out, result = _extract(tmp_path, base, tuned)
     with safe_open(str(out), "pt") as f:
         keys = list(f.keys())
     assert not [k for k in keys if ".diff" in k]
     modules = {k.split(".")[0] for k in keys}
-    assert len(modules) == len(deltas) and any(s.rank == -1 for s in result.layers)  # conv_out: a full-rank pair
+    te_modules = sum(len(e[2]) for e in encoders.values())
+    assert len(modules) == len(deltas) + te_modules
+    assert any(s.rank == -1 for s in result.layers)  # conv_out: a full-rank pair
     if family == "sd15":
         assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in modules
     else:
@@ -113,14 +159,28 @@ def test_sd_unets_load_in_diffusers_with_every_module_applied_and_right(comfy_ho
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**(SD15_TINY if family == "sd15" else SDXL_TINY))
+    text_encoders = {name: (CLIPTextModel if name == "text_encoder" else CLIPTextModelWithProjection)(
+        CLIPTextConfig(**CLIP_TINY)) for name in encoders}
     loader = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
+    converted = {}
 
-    def load():
+    def load():  # what load_lora_weights does: one state dict, then each model its part
         sd, alphas = loader.lora_state_dict(str(out), unet_config=unet.config)
+        converted.update(sd)
         loader.load_lora_into_unet(sd, alphas, unet)
 
     weights = set(unet.state_dict())
     fused = _Fused(unet, load)
+    for name, te in text_encoders.items():
+        def load_te(te=te, name=name):
+            loader.load_lora_into_text_encoder(dict(converted), None, te, prefix=name)
+        te_fused = _Fused(te, load_te, fuse=lambda te=te: fuse_text_encoder_lora(te))
+        truth_te = encoders[name][2]
+        if not any(k.startswith("text_model.") for k in te_fused.keys):  # newer transformers: no text_model.
+            truth_te = {k[len("text_model."):]: v for k, v in truth_te.items()}
+        assert te_fused.keys == set(truth_te), name  # every text-encoder module applied
+        errors = {k: _relative(te_fused.change(k), truth_te[k]) for k in truth_te}
+        assert max(errors.values()) < 1e-2, (name, errors)
     # The truth in diffusers names, by the host's own LDM -> diffusers map.
     # (The host's map also lists names this UNet lacks, e.g. SD2 unCLIP's class_embedding.)
     to_ldm = comfy.utils.unet_to_diffusers(fm.TINY[family])
