@@ -89,12 +89,13 @@ class Plan:
                    for m, n in (layer.matrix_shape for layer in self.layers))
 
     def output_bytes(self, rank: int, bytes_per_value: int = 2) -> int:
-        """Size of the LoRA at ``rank`` (a layer whose factors would outgrow it stores the full difference)."""
+        """Size of the LoRA at ``rank`` (a layer whose factors would outgrow its difference is
+        stored whole, as an exact pair of full rank: ``min(m, n) * (m + n)`` values)."""
         total = 0
         for layer in self.layers:
             m, n = layer.matrix_shape
             r = min(rank, m, n)
-            total += min(r * (m + n), m * n) * bytes_per_value
+            total += (r * (m + n) if r * (m + n) < m * n else min(m, n) * (m + n)) * bytes_per_value
         return total
 
     def summary(self, rank: int, oversample: int, niter: int) -> str:

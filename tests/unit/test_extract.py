@@ -329,3 +329,10 @@ def test_sd1_modules_get_kohyas_diffusers_names_and_keep_their_ldm_block_ids():
     assert ldm_to_diffusers("input_blocks.3.1.proj_in.weight", 1) == "down_blocks.1.attentions.0.proj_in.weight"
     assert ldm_to_diffusers("label_emb.0.0.weight") == "add_embedding.linear_1.weight"
     assert ldm_to_diffusers("input_blocks.1.7.weight") is None
+
+
+def test_output_size_counts_a_whole_layer_as_its_full_rank_pair():
+    keys = {UNET + "input_blocks.1.1.proj_in.weight": (320, 320, 1, 1), UNET + "out.2.weight": (4, 320, 3, 3)}
+    plan = make_plan(header(keys), header(keys))
+    # proj_in at rank 32: 32 * (320 + 320); conv_out (4 x 2880) is stored whole: 4 * (4 + 2880)
+    assert plan.output_bytes(32) == 2 * (32 * 640 + 4 * 2884)
