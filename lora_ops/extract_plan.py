@@ -17,8 +17,8 @@ component                file prefixes                               output pref
 ``teH`` (open_clip H)    cond_stage_model.model.                     ``lora_te_`` (SD2.x)
 =======================  ==========================================  ==============
 
-Each family is written in the layout its trainers write and every common loader reads
-(diffusers' own LoRA loaders, ComfyUI, kohya's tools, A1111-family loaders):
+Each family is written in the layout its trainers write, which the common loaders read
+(tested: ComfyUI for every family below; diffusers for SD1.5, SDXL and Flux):
 
 * SD1.x, SD2.x: kohya's layout, UNet modules under their diffusers names
   (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``, as kohya's
@@ -29,8 +29,9 @@ Each family is written in the layout its trainers write and every common loader 
 * Flux: kohya / ai-toolkit names, the BFL key with ``.`` -> ``_``
   (``lora_unet_double_blocks_0_img_attn_qkv``, ``lora_unet_single_blocks_0_linear1``).
 * Other DiT families (Wan, Qwen-Image, ...): ``diffusion_model.<key>`` with
-  ``.lora_down``/``.lora_up``/``.alpha``, the generic name ComfyUI maps for every model and
-  the non-diffusers layout diffusers' Wan and Qwen-Image loaders convert.
+  ``.lora_down``/``.lora_up``/``.alpha``: the generic name ComfyUI maps for every model, the
+  layout its own LoraSave writes, and the ``diffusion_model.`` form that diffusers' Wan and
+  Qwen-Image converters look for (not tested here).
 
 Text encoders cover the attention and MLP
 linears (the modules LoRA loaders map); open_clip's fused ``attn.in_proj_weight`` is split
