@@ -76,6 +76,17 @@ def build(family: str, unet_config: dict, device: str = "cpu"):
     return model_config(family, unet_config).get_model({}, device=device)
 
 
+def build_text_encoders(family: str, unet_config: dict):
+    """The host's text-encoder model of a UNet family (SD1.x, SD2.x, SDXL) on the meta device,
+    and its weights' checkpoint header (open_clip layout where the family's files use it)."""
+    config = model_config(family, unet_config)
+    target = config.clip_target({})
+    with torch.device("meta"):
+        clip = target.clip(**{**target.params, "device": "meta"})
+    saved = config.process_clip_state_dict_for_saving(clip.state_dict())
+    return clip, {k: ("F16", tuple(v.shape)) for k, v in saved.items()}
+
+
 def file_keys(family: str, model) -> dict[str, tuple[str, tuple]]:
     """Checkpoint header (key -> (dtype name, shape)) of a model, as a file of its family lays it out."""
     return {PREFIX[family] + k[len("diffusion_model."):]: ("F16", tuple(v.shape))

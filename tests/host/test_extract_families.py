@@ -6,7 +6,8 @@
   delta of every weight must be the true one (an extractor that writes noise, or names the
   host maps to the wrong weight, fails here).
 * Names: the module names extraction gives a full-size model of each family (built on the
-  meta device) are all mapped by the host's own key map, each onto the weight it came from.
+  meta device; with its text encoders for SD1.x, SD2.x and SDXL checkpoints) are all mapped
+  by the host's own key maps, each UNet/transformer module onto the weight it came from.
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ class _Captured(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _load_patches(model, lora_sd):
-    """``comfy.lora.load_lora`` of ``lora_sd`` against ``model``'s key map, and the keys it left."""
+def _load_patches(model, lora_sd, clip=None):
+    """``comfy.lora.load_lora`` of ``lora_sd`` against the key map of ``model`` (and of the
+    text-encoder model ``clip``), and the keys it left."""
     import comfy.lora
 
+    key_map = comfy.lora.model_lora_keys_unet(model, {})
+    if clip is not None:
+        key_map = comfy.lora.model_lora_keys_clip(clip, key_map)
     captured = _Captured()
     logging.getLogger().addHandler(captured)
     try:
-        patches = comfy.lora.load_lora(lora_sd, comfy.lora.model_lora_keys_unet(model, {}))
+        patches = comfy.lora.load_lora(lora_sd, key_map)
     finally:
         logging.getLogger().removeHandler(captured)
     return patches, [m for m in captured.messages if "lora key not loaded" in m]
@@ -101,13 +106,22 @@ def test_full_size_names_are_all_mapped_by_the_host_onto_their_own_weight(comfy_
 
     model = fm.build(family, fm.FULL[family], device="meta")
     header = fm.file_keys(family, model)
+    clip = None
+    if family in ("sd15", "sd2", "sdxl"):  # whole checkpoints: text encoders too
+        clip, te_header = fm.build_text_encoders(family, fm.FULL[family])
+        header |= te_header
     plan = make_plan(header, header)
     assert plan.family == {"sd15": "sd1", "wan": "dit", "qwen": "dit"}.get(family, family)
-    patches, not_loaded = _load_patches(model, _rank1_lora(plan))
-    assert not_loaded == []
-    want = {"diffusion_model." + layer.base_key[len(fm.PREFIX[family]):] for layer in plan.layers}
-    assert set(patches) == want and len(patches) == len(plan.layers)
+    patches, not_loaded = _load_patches(model, _rank1_lora(plan), clip)
+    assert not_loaded == [] and len(patches) == len(plan.layers)
+    unet = [layer for layer in plan.layers if not layer.block.startswith("TE")]
+    want = {"diffusion_model." + layer.base_key[len(fm.PREFIX[family]):] for layer in unet}
+    assert {k for k in patches if k.startswith("diffusion_model.")} == want
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if clip is not None:
+        te_layers = {"sd15": 72, "sd2": 144, "sdxl": 72 + 192}[family]  # 6 linears per layer: 12, 24, 12 + 32 layers
+        assert len(plan.layers) - len(unet) == te_layers
+        shapes |= {k: tuple(v.shape) for k, v in clip.state_dict().items()}
     for k, p in patches.items():  # up rows and down kernel are the weight's
         up, down = p.weights[0], p.weights[1]
         assert up.shape[0] == shapes[k][0] and tuple(down.shape[1:]) == shapes[k][1:], k
