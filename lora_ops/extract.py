@@ -6,9 +6,10 @@ O(largest layer x batch), never O(model)); forms each difference in float32 what
 stored dtype; factorises it (randomized subspace iteration by default, exact SVD on
 request; same-shape layers batched; on CUDA when asked, falling back to the CPU when the
 GPU runs out of memory); chooses each layer's rank by policy; and writes kohya-named
-``lora_up``/``lora_down``/``alpha`` tensors (or a ``.diff`` where the factors would be larger
-than the difference itself) to a temporary file, which is re-opened and checked against the
-in-memory reconstruction before it is renamed into place.
+``lora_up``/``lora_down``/``alpha`` tensors (an exact pair of full rank where low-rank factors
+would be larger than the difference itself; never a ``.diff`` entry, which diffusers cannot
+read) to a temporary file, which is re-opened and checked against the in-memory
+reconstruction before it is renamed into place.
 
 The up/down split is balanced (``sqrt(S)`` on each factor, so both stay in fp16 range) and
 ``alpha`` equals the rank (scale 1). No clamping: clamping the factors to a quantile, as
@@ -101,8 +102,8 @@ class Options:
 @dataclass
 class LayerStats:
     """Per layer: output ``name``, ``block``, matrix ``shape`` (rows, columns), chosen
-    ``rank`` (0 = unchanged, -1 = stored as a full difference), relative Frobenius error,
-    retained energy (fraction of ||dW||_F^2), ``norm`` = ||dW||_F, ``seconds``, and the
+    ``rank`` (0 = unchanged, -1 = stored whole, as an exact pair of full rank), relative
+    Frobenius error, retained energy (fraction of ||dW||_F^2), ``norm`` = ||dW||_F, ``seconds``, and the
     leading squared singular values as fractions of the energy (for the rank plot)."""
 
     name: str
@@ -178,7 +179,7 @@ class Result:
         full = sum(1 for s in self.layers if s.rank == -1)
         ranks = [s.rank for s in extracted if s.rank > 0]
         lines = [f"{os.path.basename(self.path)}: {len(extracted)} layers extracted"
-                 + (f" ({full} stored as full differences)" if full else "")
+                 + (f" ({full} stored whole, as exact full-rank pairs)" if full else "")
                  + (f", {unchanged} unchanged layers left out" if unchanged else "")
                  + f"; {_rank_range(ranks)}; "
                  f"overall relative error {self.overall_error():.3g}; {self.seconds:.1f} s",
@@ -478,19 +479,25 @@ def _store(layer: Layer, d: torch.Tensor, f: Factors, j: int, opts: Options, out
     rank = choose_rank(opts.policy, opts.value, s, energy, opts.max_rank)
     errors = relative_errors(s[:rank], energy)
     spectrum = (torch.cumsum(s.double().square(), 0) / energy).tolist() if energy else []
-    if rank * (m + n) >= m * n:
-        # The factors would be larger than the difference itself: store it whole (exact).
-        tensors[f"{layer.name}.diff"] = d.reshape(layer.shape).to(out_dtype).contiguous()
-        expected[f"{layer.name}.diff"] = (d.clone(), None)
-        return LayerStats(layer.name, layer.block, (m, n), -1, 0.0, 1.0, math.sqrt(energy), seconds, spectrum)
-    root = s[:rank].sqrt()
-    up = (f.U[j][:, :rank].cpu() * root).contiguous()
-    down = (root[:, None] * f.Vh[j][:rank].cpu()).contiguous()
+    whole = rank * (m + n) >= m * n
+    if whole:
+        # The factors would be larger than the difference itself: store it whole and exact, as
+        # a pair of full rank (the difference times an identity), not as a ``.diff`` entry,
+        # which diffusers and kohya-style loaders cannot read.
+        rank = min(m, n)
+        eye = torch.eye(rank, dtype=torch.float32)
+        up, down = (eye, d.clone()) if m <= n else (d.clone(), eye)
+    else:
+        root = s[:rank].sqrt()
+        up = (f.U[j][:, :rank].cpu() * root).contiguous()
+        down = (root[:, None] * f.Vh[j][:rank].cpu()).contiguous()
     kernel = layer.shape[2:]
     tensors[f"{layer.name}.lora_up.weight"] = up.reshape(m, rank, *([1] * len(kernel))).to(out_dtype)
     tensors[f"{layer.name}.lora_down.weight"] = down.reshape(rank, *layer.shape[1:]).to(out_dtype)
     tensors[f"{layer.name}.alpha"] = torch.tensor(float(rank), dtype=torch.float32)
     expected[layer.name] = (up, down)
+    if whole:
+        return LayerStats(layer.name, layer.block, (m, n), -1, 0.0, 1.0, math.sqrt(energy), seconds, spectrum)
     return LayerStats(layer.name, layer.block, (m, n), rank, errors[rank], 1 - errors[rank] ** 2,
                       math.sqrt(energy), seconds, spectrum)
 
@@ -543,13 +550,9 @@ def _write_checked(out_path: str, tensors: dict, expected: dict, metadata: dict,
         tmp.write_bytes(save(tensors, metadata=metadata))
         with safe_open(str(tmp), "pt") as f:
             for name, (up, down) in expected.items():
-                if down is None:
-                    got = f.get_tensor(name).float().reshape(up.shape)
-                    want = up
-                else:
-                    got = (f.get_tensor(f"{name}.lora_up.weight").float().flatten(1)
-                           @ f.get_tensor(f"{name}.lora_down.weight").float().flatten(1))
-                    want = up @ down
+                got = (f.get_tensor(f"{name}.lora_up.weight").float().flatten(1)
+                       @ f.get_tensor(f"{name}.lora_down.weight").float().flatten(1))
+                want = up @ down
                 scale = float(torch.linalg.norm(want)) or 1.0
                 err = float(torch.linalg.norm(got - want)) / scale
                 if err > limit:

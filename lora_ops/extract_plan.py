@@ -17,9 +17,23 @@ component                file prefixes                               output pref
 ``teH`` (open_clip H)    cond_stage_model.model.                     ``lora_te_`` (SD2.x)
 =======================  ==========================================  ==============
 
-Kohya names are what A1111-family loaders, kohya's tools and ComfyUI all read; the UNet
-keeps its SGM (LDM) names (``lora_unet_input_blocks_4_1_...``), as kohya writes for SDXL
-and as ComfyUI and A1111 map for SD1.x too. Text encoders cover the attention and MLP
+Each family is written in the layout its trainers write, which the common loaders read
+(tested: ComfyUI for every family below; diffusers for SD1.5, SDXL and Flux):
+
+* SD1.x, SD2.x: kohya's layout, UNet modules under their diffusers names
+  (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``, as kohya's
+  ``networks/lora.py`` names the diffusers UNet it trains; see :mod:`lora_ops.unet_names`).
+* SDXL: kohya's SDXL layout, UNet modules under their SGM names
+  (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``), as kohya's SDXL trainer
+  names its own SGM UNet.
+* Flux: kohya / ai-toolkit names, the BFL key with ``.`` -> ``_``
+  (``lora_unet_double_blocks_0_img_attn_qkv``, ``lora_unet_single_blocks_0_linear1``).
+* Other DiT families (Wan, Qwen-Image, ...): ``diffusion_model.<key>`` with
+  ``.lora_down``/``.lora_up``/``.alpha``: the generic name ComfyUI maps for every model, the
+  layout its own LoraSave writes, and the ``diffusion_model.`` form that diffusers' Wan and
+  Qwen-Image converters look for (not tested here).
+
+Text encoders cover the attention and MLP
 linears (the modules LoRA loaders map); open_clip's fused ``attn.in_proj_weight`` is split
 into q, k and v by thirds, as ComfyUI's own checkpoint converter does, and ``c_fc``/``c_proj``
 become ``fc1``/``fc2``. The VAE is never part of a LoRA.
@@ -32,6 +46,7 @@ import re
 from dataclasses import dataclass, field
 
 from .blocks import MODEL_PREFIX, block_of
+from .unet_names import ldm_to_diffusers, res_blocks_of
 
 
 class PlanError(ValueError):
@@ -75,12 +90,13 @@ class Plan:
                    for m, n in (layer.matrix_shape for layer in self.layers))
 
     def output_bytes(self, rank: int, bytes_per_value: int = 2) -> int:
-        """Size of the LoRA at ``rank`` (a layer whose factors would outgrow it stores the full difference)."""
+        """Size of the LoRA at ``rank`` (a layer whose factors would outgrow its difference is
+        stored whole, as an exact pair of full rank: ``min(m, n) * (m + n)`` values)."""
         total = 0
         for layer in self.layers:
             m, n = layer.matrix_shape
             r = min(rank, m, n)
-            total += min(r * (m + n), m * n) * bytes_per_value
+            total += (r * (m + n) if r * (m + n) < m * n else min(m, n) * (m + n)) * bytes_per_value
         return total
 
     def summary(self, rank: int, oversample: int, niter: int) -> str:
@@ -195,17 +211,32 @@ def _te_prefix(family: str, comp: str) -> str:
     return "lora_te_"
 
 
-def layers_for(family: str, comp: str, key: str, shape: tuple) -> list[tuple[str, tuple | None, tuple, str]]:
-    """Output module name, row slice, shape and block id of each matrix in one weight ([] if none)."""
+def unet_module_name(family: str, key: str, res_blocks: int = 2) -> str | None:
+    """The output module name of one diffusion-model weight ``key`` (its checkpoint name
+    without prefix, ending ``.weight``), or None when the family's layout has no name for it.
+    ``res_blocks``: the UNet's ``layers_per_block`` (SD1.x/SD2.x only)."""
+    if family in ("sd1", "sd2"):
+        diffusers = ldm_to_diffusers(key, res_blocks)
+        return None if diffusers is None else "lora_unet_" + diffusers[: -len(".weight")].replace(".", "_")
+    module = key[: -len(".weight")]
+    if family in ("sdxl", "flux"):
+        return "lora_unet_" + module.replace(".", "_")
+    return MODEL_PREFIX + module
+
+
+def layers_for(family: str, comp: str, key: str, shape: tuple,
+               res_blocks: int = 2) -> list[tuple[str, tuple | None, tuple, str]]:
+    """Output module name, row slice, shape and block id of each matrix in one weight ([] if none).
+
+    The block id always comes from the checkpoint's own name (``IN04``, ``D00``, ...), whatever
+    name the family's layout gives the module."""
     if len(shape) < 2:
         return []
     if comp == "unet":
-        module = key[: -len(".weight")] if key.endswith(".weight") else key
         if not key.endswith(".weight"):
             return []
-        name = ("lora_unet_" + module.replace(".", "_") if family in ("sd1", "sd2", "sdxl", "flux")
-                else MODEL_PREFIX + module)
-        return [(name, None, tuple(shape), block_of(MODEL_PREFIX + key))]
+        name = unet_module_name(family, key, res_blocks)
+        return [] if name is None else [(name, None, tuple(shape), block_of(MODEL_PREFIX + key))]
     te_block = {"te1": "TE.clip_l", "te2": "TE.clip_g", "teH": "TE.clip_h"}[comp]
     prefix = _te_prefix(family, comp)
     m = _HF_LINEAR.match(key)
@@ -253,6 +284,7 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
     if fam_b != fam_t:
         raise PlanError(f"the two files are of different model families: base is {fam_b}, tuned is {fam_t}. "
                         "Extract from a fine-tune and the model it was trained from")
+    res_blocks = res_blocks_of(base_parts.get("unet", {}))
     plan = Plan(fam_b, [], dtypes={"base": {d for d, _ in base_header.values()},
                                    "tuned": {d for d, _ in tuned_header.values()}})
     for sk in sorted(set(base_keys) | set(tuned_keys)):
@@ -269,7 +301,7 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
         if sb != st:
             plan.mismatched.append((tuned_keys[sk], sb, st))
             continue
-        found = layers_for(fam_b, comp, key, sb)
+        found = layers_for(fam_b, comp, key, sb, res_blocks)
         if not found:
             if len(sb) >= 2:
                 plan.not_extracted.append(tuned_keys[sk])

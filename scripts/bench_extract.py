@@ -173,8 +173,11 @@ def main() -> int:
         keys = sample_keys()
         best = optimum(str(tmp / "tuned.safetensors"), keys, args.rank)
 
-        def kohya(key):
-            return "lora_unet_" + key[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
+        sys.path.insert(0, str(REPO))
+        from lora_ops.extract_plan import unet_module_name
+
+        def kohya(key):  # the pack's SD1.x names (kohya's: diffusers block names)
+            return unet_module_name("sd1", key[len("model.diffusion_model."):])
 
         def comfy_name(key):
             return key[len("model."):-len(".weight")]

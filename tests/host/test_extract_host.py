@@ -60,10 +60,14 @@ def test_extraction_at_the_fixtures_rank_recovers_its_delta_and_loads_cleanly(co
     with safe_open(str(tuned_path), "pt") as f:
         stored = f.get_tensor("model.diffusion_model.middle_block.1.proj_in.weight").dtype
     truth = true_deltas(patched, list(patched.patches))
+    names = {layer.tuned_key: layer.name for layer in result.plan.layers}
+    # kohya's SD1.x layout: diffusers block names
+    assert (names["model.diffusion_model.input_blocks.1.1.proj_in.weight"]
+            == "lora_unet_down_blocks_0_attentions_0_proj_in")
     errors = []
     with safe_open(str(out), "pt") as f:
         for key, d in truth.items():
-            name = "lora_unet_" + key[len("diffusion_model."):-len(".weight")].replace(".", "_")
+            name = names["model." + key]
             up = f.get_tensor(f"{name}.lora_up.weight").float()
             down = f.get_tensor(f"{name}.lora_down.weight").float()
             residual = up.flatten(1) @ down.flatten(1) - d.flatten(1)

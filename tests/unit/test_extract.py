@@ -21,10 +21,10 @@ BASE = MODELS / "workbench-sd15-tiny.safetensors"
 UNET, TE = "model.diffusion_model.", "cond_stage_model.transformer.text_model.encoder.layers."
 CHANGED = {
     UNET + "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight":
-        "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q",
-    UNET + "middle_block.1.proj_in.weight": "lora_unet_middle_block_1_proj_in",
-    UNET + "output_blocks.0.0.in_layers.2.weight": "lora_unet_output_blocks_0_0_in_layers_2",  # 3x3 conv
-    UNET + "output_blocks.0.0.skip_connection.weight": "lora_unet_output_blocks_0_0_skip_connection",  # 1x1 conv
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+    UNET + "middle_block.1.proj_in.weight": "lora_unet_mid_block_attentions_0_proj_in",
+    UNET + "output_blocks.0.0.in_layers.2.weight": "lora_unet_up_blocks_0_resnets_0_conv1",  # 3x3 conv
+    UNET + "output_blocks.0.0.skip_connection.weight": "lora_unet_up_blocks_0_resnets_0_conv_shortcut",  # 1x1 conv
     TE + "3.self_attn.v_proj.weight": "lora_te_text_model_encoder_layers_3_self_attn_v_proj",
     TE + "11.mlp.fc2.weight": "lora_te_text_model_encoder_layers_11_mlp_fc2",
 }
@@ -81,15 +81,22 @@ def test_extraction_recovers_known_low_rank_changes_in_every_layer_kind(base_sd,
     assert "6 layers extracted" in report and "worst layers" in report and "M00" in report
 
 
-def test_large_rank_stores_a_full_difference_where_smaller(base_sd, tmp_path):
-    make_tuned(base_sd, tmp_path / "t.safetensors")
+def test_large_rank_stores_the_whole_difference_as_an_exact_full_rank_pair(base_sd, tmp_path):
+    deltas = make_tuned(base_sd, tmp_path / "t.safetensors")
     out = tmp_path / "full.safetensors"
     r = extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=400, max_rank=400))
     full = {s.name for s in r.layers if s.rank == -1}
-    # 320x320 proj_in: 400 * 640 >= 320 * 320, stored whole; 3x3 conv 320x5760 is not
-    assert "lora_unet_middle_block_1_proj_in" in full
+    # 640x640 proj_in: 400 * 1280 >= 640 * 640, stored whole; 3x3 conv 640x11520 is not
+    name = "lora_unet_mid_block_attentions_0_proj_in"
+    assert name in full and "stored whole" in r.report()
     with safe_open(str(out), "pt") as f:
-        assert "lora_unet_middle_block_1_proj_in.diff" in f.keys()
+        assert not [k for k in f.keys() if k.endswith((".diff", ".diff_b"))]  # unreadable for diffusers
+        up, down = f.get_tensor(f"{name}.lora_up.weight"), f.get_tensor(f"{name}.lora_down.weight")
+        c = base_sd[UNET + "middle_block.1.proj_in.weight"].shape[0]
+        assert up.shape == down.shape == (c, c, 1, 1) and float(f.get_tensor(f"{name}.alpha")) == c
+        want = deltas[UNET + "middle_block.1.proj_in.weight"].flatten(1)
+        got = up.float().flatten(1) @ down.float().flatten(1)
+        assert float(torch.linalg.norm(got - want) / torch.linalg.norm(want)) < 1e-3  # exact up to fp16
 
 
 def test_plan_reports_mismatches_and_one_sided_keys(base_sd, tmp_path):
@@ -178,7 +185,7 @@ def test_bf16_factors_and_a_lora_given_as_a_checkpoint(base_sd, tmp_path):
     out = tmp_path / "bf16.safetensors"
     extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(out), Options(value=4, max_rank=4, dtype="bf16"))
     with safe_open(str(out), "pt") as f:
-        assert f.get_tensor("lora_unet_middle_block_1_proj_in.lora_up.weight").dtype == torch.bfloat16
+        assert f.get_tensor("lora_unet_mid_block_attentions_0_proj_in.lora_up.weight").dtype == torch.bfloat16
     with pytest.raises(ExtractError, match="the base file is a LoRA, not a model checkpoint"):
         extract_files(str(out), str(tmp_path / "t.safetensors"), str(tmp_path / "o.safetensors"),
                       Options(value=4, max_rank=4))
@@ -284,3 +291,48 @@ def test_other_dit_families_get_comfy_dotted_names_and_3d_convolutions_work(tmp_
     assert down.shape == (3, 16, 1, 2, 2) and up.shape == (32, 3, 1, 1, 1)
     recon = (up.float().flatten(1) @ down.float().flatten(1)).reshape(d_p.shape)
     assert float(torch.linalg.norm(recon - d_p) / torch.linalg.norm(d_p)) < 2e-3
+
+
+def test_sd1_modules_get_kohyas_diffusers_names_and_keep_their_ldm_block_ids():
+    from lora_ops.unet_names import ldm_to_diffusers, res_blocks_of
+
+    sd15 = {  # LDM name -> kohya's SD1.x module name (what kohya's networks/lora.py writes)
+        "input_blocks.0.0.weight": "lora_unet_conv_in",
+        "time_embed.2.weight": "lora_unet_time_embedding_linear_2",
+        "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight":
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+        "input_blocks.2.0.emb_layers.1.weight": "lora_unet_down_blocks_0_resnets_1_time_emb_proj",
+        "input_blocks.3.0.op.weight": "lora_unet_down_blocks_0_downsamplers_0_conv",
+        "input_blocks.4.0.skip_connection.weight": "lora_unet_down_blocks_1_resnets_0_conv_shortcut",
+        "input_blocks.11.0.out_layers.3.weight": "lora_unet_down_blocks_3_resnets_1_conv2",
+        "middle_block.0.in_layers.2.weight": "lora_unet_mid_block_resnets_0_conv1",
+        "middle_block.1.transformer_blocks.0.ff.net.0.proj.weight":
+            "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj",
+        "middle_block.2.out_layers.3.weight": "lora_unet_mid_block_resnets_1_conv2",
+        "output_blocks.2.1.conv.weight": "lora_unet_up_blocks_0_upsamplers_0_conv",  # no attention there
+        "output_blocks.5.2.conv.weight": "lora_unet_up_blocks_1_upsamplers_0_conv",
+        "output_blocks.11.1.proj_out.weight": "lora_unet_up_blocks_3_attentions_2_proj_out",
+        "out.2.weight": "lora_unet_conv_out",
+    }
+    header = {UNET + k: (320, 320) for k in [*sd15, "input_blocks.6.0.op.weight", "input_blocks.9.0.op.weight"]}
+    assert res_blocks_of(k[len(UNET):] for k in header) == 2
+    plan = make_plan({k: ("F16", s) for k, s in header.items()}, {k: ("F16", s) for k, s in header.items()})
+    names = {layer.base_key[len(UNET):]: layer for layer in plan.layers}
+    assert {k: names[k].name for k in sd15} == sd15
+    # block ids stay those of the checkpoint's own names (the A1111 ids)
+    assert names["input_blocks.3.0.op.weight"].block == "IN03"
+    assert names["middle_block.1.transformer_blocks.0.ff.net.0.proj.weight"].block == "M00"
+    assert names["output_blocks.11.1.proj_out.weight"].block == "OUT11"
+    # the tiny test UNet (one ResNet per level): its downsampler sits at input_blocks.2
+    assert res_blocks_of(["input_blocks.2.0.op.weight", "input_blocks.5.0.op.weight"]) == 1
+    assert ldm_to_diffusers("output_blocks.1.1.conv.weight", 1) == "up_blocks.0.upsamplers.0.conv.weight"
+    assert ldm_to_diffusers("input_blocks.3.1.proj_in.weight", 1) == "down_blocks.1.attentions.0.proj_in.weight"
+    assert ldm_to_diffusers("label_emb.0.0.weight") == "add_embedding.linear_1.weight"
+    assert ldm_to_diffusers("input_blocks.1.7.weight") is None
+
+
+def test_output_size_counts_a_whole_layer_as_its_full_rank_pair():
+    keys = {UNET + "input_blocks.1.1.proj_in.weight": (320, 320, 1, 1), UNET + "out.2.weight": (4, 320, 3, 3)}
+    plan = make_plan(header(keys), header(keys))
+    # proj_in at rank 32: 32 * (320 + 320); conv_out (4 x 2880) is stored whole: 4 * (4 + 2880)
+    assert plan.output_bytes(32) == 2 * (32 * 640 + 4 * 2884)
