@@ -1,5 +1,5 @@
 """Command line: ``python -m lora_ops inspect|hash FILE...``, ``python -m lora_ops extract`` and
-``python -m lora_ops fetch SOURCE --dir FOLDER`` (see :mod:`lora_ops.fetch`; exit status 1 with one
+``python -m lora_ops fetch SOURCE --dir FOLDER`` (see :mod:`lora_ops.fetching.fetch`; exit status 1 with one
 line saying why when it cannot be fetched).
 
 ``hash`` prints SHA-256, AutoV1, AutoV2, AutoV3 and CRC32 as Civitai computes them
@@ -100,7 +100,7 @@ def _extract(args) -> int:
 def _hash(paths: list[str]) -> int:
     from tqdm import tqdm
 
-    from .hash_index import model_files
+    from .fetching.hash_index import model_files
     from .hashing import file_hashes
     from .safetensors_io import sniff_non_safetensors
 
@@ -140,13 +140,13 @@ def _hash(paths: list[str]) -> int:
 def _fetch(args) -> int:
     from tqdm import tqdm
 
-    from .fetch import Fetcher
-    from .fetch_settings import SettingsError, default_home, load_settings
-    from .hash_index import HashIndex, HashIndexError
-    from .http_client import FetchError
-    from .netguard import UnsafeError
+    from .fetching.fetch import Fetcher
+    from .fetching.hash_index import HashIndex, HashIndexError
+    from .fetching.http_client import FetchError
+    from .fetching.netguard import UnsafeError
+    from .fetching.settings import SettingsError, default_home, load_settings
+    from .fetching.source_ref import SourceError
     from .safetensors_io import SafetensorsError
-    from .source_ref import SourceError
 
     home = args.home or default_home()
     try:

@@ -1,4 +1,4 @@
-"""ComfyUI glue for :mod:`lora_ops.fetch`: the pack's private folder, the node progress bar,
+"""ComfyUI glue for :mod:`lora_ops.fetching.fetch`: the pack's private folder, the node progress bar,
 Cancel, and the workflow's ``properties.models`` entries.
 
 The private folder is ``folder_paths.get_system_user_directory("lora_workbench")``
@@ -17,10 +17,10 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..lora_ops.fetch import Fetcher, FetchResult
-from ..lora_ops.fetch_settings import load_settings
-from ..lora_ops.hash_index import HashIndex
-from ..lora_ops.source_ref import is_remote
+from ..lora_ops.fetching.fetch import Fetcher, FetchResult
+from ..lora_ops.fetching.hash_index import HashIndex
+from ..lora_ops.fetching.settings import load_settings
+from ..lora_ops.fetching.source_ref import is_remote
 
 log = logging.getLogger("lora_workbench")
 
@@ -80,7 +80,7 @@ def _fetcher() -> Fetcher:
 def fetch_source(folder: str, source: str, filename: str | None = None,
                  expected_sha256: str | None = None) -> FetchResult:
     """Fetch ``source`` into the model folder ``folder`` (or find it there); see
-    :meth:`lora_ops.fetch.Fetcher.fetch` for the errors. Newly downloaded files are visible to
+    :meth:`lora_ops.fetching.fetch.Fetcher.fetch` for the errors. Newly downloaded files are visible to
     ComfyUI's file lists at once (their cache is dropped)."""
     if folder in NOT_MODEL_FOLDERS or folder not in folder_paths.folder_names_and_paths:
         raise ValueError(f"directory {folder!r} is not a ComfyUI model folder; choose one of: "

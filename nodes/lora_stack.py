@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lora_ops.http_client import FetchError
+from ..lora_ops.fetching.http_client import FetchError
 from ..lora_ops.safetensors_io import SafetensorsError
 from ..lora_ops.stack import StackError, parse_rows, rows_from_lora_stack, to_lora_stack
 from .compat import inp, io, out, schema

@@ -8,7 +8,7 @@ import os
 
 import folder_paths
 
-from ..lora_ops.source_ref import is_remote
+from ..lora_ops.fetching.source_ref import is_remote
 
 
 class SourceError(ValueError):

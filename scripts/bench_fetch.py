@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers.fake_hub import Hub  # noqa: E402
-from lora_ops.fetch import Fetcher  # noqa: E402
-from lora_ops.fetch_settings import FetchSettings  # noqa: E402
+from lora_ops.fetching.fetch import Fetcher  # noqa: E402
+from lora_ops.fetching.settings import FetchSettings  # noqa: E402
 
 
 def make_safetensors(path: Path, size: int) -> None:

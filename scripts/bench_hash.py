@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import REPO, PeakRss
 
 sys.path.insert(0, str(REPO))
-from lora_ops.hash_index import HashIndex, model_files
+from lora_ops.fetching.hash_index import HashIndex, model_files
 from lora_ops.hashing import sha256_file
 
 GiB = 2**30

@@ -29,7 +29,10 @@ def test_no_comfyui_import_statement_in_lora_ops():
 def test_every_lora_ops_module_imports_with_comfyui_blocked():
     # A meta-path finder refuses ComfyUI's top-level modules, so even an indirect or lazy
     # import would fail here.
-    modules = sorted(p.stem for p in (REPO / "lora_ops").glob("*.py") if p.stem != "__init__")
+    # Subpackages too (lora_ops.fetching...): every module by its dotted name, packages included.
+    root = REPO / "lora_ops"
+    modules = sorted(".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                     for p in root.rglob("*.py") if p != root / "__init__.py")
     code = f"""
 import importlib, sys
 class Block:

@@ -11,11 +11,11 @@ import os
 import pytest
 
 from helpers.fake_hub import Hub, safetensors_bytes
-from lora_ops.fetch import Fetcher
-from lora_ops.fetch_settings import FetchSettings
-from lora_ops.http_client import FetchError
-from lora_ops.netguard import UnsafeError
-from lora_ops.source_ref import SourceError
+from lora_ops.fetching.fetch import Fetcher
+from lora_ops.fetching.http_client import FetchError
+from lora_ops.fetching.netguard import UnsafeError
+from lora_ops.fetching.settings import FetchSettings
+from lora_ops.fetching.source_ref import SourceError
 
 TOKEN = "planted-civitai-token-5ec2e7"
 
@@ -275,7 +275,7 @@ def test_existing_file_with_other_content_is_not_overwritten(hub, tmp_path):
 
 
 def indexed_fetcher(hub, tmp_path, **kw) -> Fetcher:
-    from lora_ops.hash_index import HashIndex
+    from lora_ops.fetching.hash_index import HashIndex
 
     return Fetcher(settings_for(hub, **kw), HashIndex(tmp_path / "index.sqlite"), str(tmp_path / "locks"))
 

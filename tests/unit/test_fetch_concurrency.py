@@ -15,11 +15,11 @@ import time
 import pytest
 
 from helpers.fake_hub import Hub, safetensors_bytes
-from lora_ops.download import _adopt_part, _alive
-from lora_ops.fetch import Fetcher
-from lora_ops.fetch_settings import FetchSettings
-from lora_ops.hash_index import HashIndex
-from lora_ops.http_client import FetchError
+from lora_ops.fetching.download import _adopt_part, _alive
+from lora_ops.fetching.fetch import Fetcher
+from lora_ops.fetching.hash_index import HashIndex
+from lora_ops.fetching.http_client import FetchError
+from lora_ops.fetching.settings import FetchSettings
 
 MIB = 2**20
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from helpers.fake_hub import CIVITAI_ERRORS, CFile, Hub, safetensors_bytes
-from lora_ops.fetch import Fetcher
-from lora_ops.fetch_settings import FetchSettings
-from lora_ops.http_client import Client, FetchError, token_for
-from lora_ops.remote import _choose_file
-from lora_ops.service_errors import explain
+from lora_ops.fetching.fetch import Fetcher
+from lora_ops.fetching.http_client import Client, FetchError, token_for
+from lora_ops.fetching.remote import _choose_file
+from lora_ops.fetching.service_errors import explain
+from lora_ops.fetching.settings import FetchSettings
 
 TOKEN = "planted-civitai-token-77a1"
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "civitai" / "version_1255556.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers.paths import REPO
-from lora_ops.hash_index import HashIndex
+from lora_ops.fetching.hash_index import HashIndex
 from lora_ops.hashing import Hashes, file_hashes
 
 MINIMAL = (bytes.fromhex("6000000000000000")
@@ -253,7 +253,7 @@ def test_threads_share_one_index(tmp_path):
 WORKER = """
 import sys, time
 from pathlib import Path
-from lora_ops.hash_index import HashIndex
+from lora_ops.fetching.hash_index import HashIndex
 db, folder, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 index = HashIndex(db)
 while not (folder.parent / "go").exists():  # start together, to overlap the writes

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_ops.fetch_settings import SettingsError, load_settings
-from lora_ops.http_client import token_for
-from lora_ops.netguard import (
+from lora_ops.fetching.http_client import token_for
+from lora_ops.fetching.netguard import (
     UnsafeError,
     content_disposition_filename,
     safe_filename,
@@ -18,7 +17,8 @@ from lora_ops.netguard import (
     scrub_url,
     vet_address,
 )
-from lora_ops.source_ref import CivitaiRef, HashRef, HFRef, LocalRef, SourceError, UrlRef, parse_source
+from lora_ops.fetching.settings import SettingsError, load_settings
+from lora_ops.fetching.source_ref import CivitaiRef, HashRef, HFRef, LocalRef, SourceError, UrlRef, parse_source
 
 
 @pytest.mark.parametrize("text,ref", [
@@ -175,8 +175,8 @@ def test_settings_edge_cases(tmp_path):
 
 
 def test_retry_after_garbage_falls_back_to_backoff():
-    from lora_ops.fetch_settings import FetchSettings
-    from lora_ops.http_client import Client
+    from lora_ops.fetching.http_client import Client
+    from lora_ops.fetching.settings import FetchSettings
 
     c = Client(FetchSettings(backoff_s=1.0))
     assert 0.5 <= c.backoff_s(0, "garbage") <= 1.5
@@ -186,6 +186,6 @@ def test_retry_after_garbage_falls_back_to_backoff():
 @pytest.mark.parametrize("text,remote", [("style/a.safetensors", False), ("", False), ("hf://o/r/x.safetensors", True),
                                          ("sha256:abc", True), ("civitai:1@2", True), ("https://x.org/a", True)])
 def test_is_remote_follows_the_parser(text, remote):
-    from lora_ops.source_ref import is_remote
+    from lora_ops.fetching.source_ref import is_remote
 
     assert is_remote(text) is remote  # a malformed remote form counts as remote, so fetching explains it

@@ -43,8 +43,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from . import hashing
-from .hashing import HASH_LENGTHS, Hashes
+from .. import hashing
+from ..hashing import HASH_LENGTHS, Hashes
 
 log = logging.getLogger("lora_workbench.hash_index")
 

@@ -2,7 +2,7 @@
 
 Redirects are followed here, one hop at a time, so that each hop is checked again:
 the scheme (https; http only to loopback when allowed), the resolved addresses
-(:func:`lora_ops.netguard.vet_address`, then the connection goes to the vetted address with the
+(:func:`lora_ops.fetching.netguard.vet_address`, then the connection goes to the vetted address with the
 original name for TLS and ``Host``, so DNS rebinding cannot redirect it), and the
 ``Authorization`` header, which goes only to hosts of the token's own family and is dropped on
 any other hop (object stores reject it, and it must not leak).
@@ -26,8 +26,8 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from .fetch_settings import FetchSettings
 from .netguard import UnsafeError, for_log, host_of, is_loopback_host, vet_address
+from .settings import FetchSettings
 
 log = logging.getLogger("lora_workbench.fetch")
 

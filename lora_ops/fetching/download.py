@@ -41,12 +41,12 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from .fetch_settings import FetchSettings
-from .hashing import StreamHasher, sha256_file
+from ..hashing import StreamHasher, sha256_file
+from ..safetensors_io import SafetensorsError, read_header, sniff_non_safetensors
 from .http_client import Client, FetchError
 from .netguard import content_disposition_filename, for_log, safe_filename, safe_join
 from .remote import Plan, explain
-from .safetensors_io import SafetensorsError, read_header, sniff_non_safetensors
+from .settings import FetchSettings
 
 log = logging.getLogger("lora_workbench.fetch")
 

@@ -16,7 +16,7 @@ Forms (case-insensitive prefixes; surrounding spaces ignored):
 * any other ``https://`` (or, for loopback mirrors, ``http://``) URL -> :class:`UrlRef`
 
 A ``token=`` query parameter or ``user:password@`` in a pasted URL is removed here, before the
-source is used or shown anywhere (:func:`lora_ops.netguard.scrub_url`), and reported back so the
+source is used or shown anywhere (:func:`lora_ops.fetching.netguard.scrub_url`), and reported back so the
 caller can warn. Errors are :class:`SourceError` with the value, what was expected and the fix.
 """
 

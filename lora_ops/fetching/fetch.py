@@ -7,8 +7,8 @@ Order, so that a workflow that was run once never needs the network again:
 2. a hash (``sha256:``, ``autov2:``...): the local hash index over the folder's paths;
 3. a URL, AIR or ``hf://`` reference whose SHA-256 is known (given by the caller, or learnt
    when the same source was fetched before): the file with that hash in the folder's paths;
-4. the network: resolve (:mod:`lora_ops.remote`), then if the host names a SHA-256 that a local
-   file already has, that file; else download (:mod:`lora_ops.download`), verified.
+4. the network: resolve (:mod:`lora_ops.fetching.remote`), then if the host names a SHA-256 that a local
+   file already has, that file; else download (:mod:`lora_ops.fetching.download`), verified.
 
 What was fetched from where is remembered in the index (source -> SHA-256, provenance), and
 :meth:`FetchResult.models_entry` gives the entry that a workflow's ``properties.models`` carries
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .download import Downloaded, Downloader
-from .fetch_settings import FetchSettings
+from .settings import FetchSettings
 
 if TYPE_CHECKING:
     from .hash_index import HashIndex
@@ -110,7 +110,7 @@ class Fetcher:
         self.downloader = Downloader(self.client, settings, lock_dir, progress)
 
     def parse(self, source: str):
-        """:func:`lora_ops.source_ref.parse_source` with this configuration's API hosts."""
+        """:func:`lora_ops.fetching.source_ref.parse_source` with this configuration's API hosts."""
         return parse_source(source, civitai_hosts=(host_of(self.settings.civitai_endpoint),),
                             hf_hosts=(host_of(self.settings.hf_endpoint),))
 

@@ -3,7 +3,7 @@
 * Civitai (API as its developer docs and site code define it): ``GET /api/v1/model-versions/<id>``
   (``/api/v1/models/<id>`` first when only a model id is known, taking the first version in the
   page's order that can be downloaded now) and ``GET /api/v1/model-versions/by-hash/<hash>``. The
-  file is the one Civitai's server would serve (:mod:`lora_ops.civitai_files`); files the
+  file is the one Civitai's server would serve (:mod:`lora_ops.fetching.civitai_files`); files the
   metadata already rules out (training data, archives, pickles unless allowed) are refused before
   any byte. Expected SHA-256 from ``hashes.SHA256``; size from ``sizeKB`` (a float of KiB, so
   checked to within 1 KiB).
@@ -12,8 +12,8 @@
   ``X-Repo-Commit`` the commit, which is pinned in the recorded URL.
 * Other URLs: only hosts in ``allowed_hosts`` (or loopback when allowed); nothing known up front.
 
-Errors are :class:`~lora_ops.http_client.FetchError` saying what to do (which token, accept the
-model's terms, early access until when); :mod:`lora_ops.service_errors` reads the services'
+Errors are :class:`~lora_ops.fetching.http_client.FetchError` saying what to do (which token, accept the
+model's terms, early access until when); :mod:`lora_ops.fetching.service_errors` reads the services'
 error bodies and headers.
 """
 
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
 from .civitai_files import choose_file, describe_file, pick_version, refusal, why_not
-from .fetch_settings import FetchSettings
 from .http_client import Answer, Client, FetchError
 from .netguard import for_log, host_matches, is_loopback_host, safe_filename
 from .service_errors import explain, explain_hf
+from .settings import FetchSettings
 from .source_ref import CivitaiRef, HashRef, HFRef, Ref, UrlRef, describe
 
 log = logging.getLogger("lora_workbench.fetch")
@@ -263,7 +263,7 @@ def _list(x) -> list:
 
 
 def _choose_file(files: list[dict], file_id: int | None, filters: dict, by_hash: HashRef | None) -> dict | None:
-    """The file Civitai's server would serve (see :func:`lora_ops.civitai_files.choose_file`)."""
+    """The file Civitai's server would serve (see :func:`lora_ops.fetching.civitai_files.choose_file`)."""
     for f in files:
         f["hashes"], f["metadata"] = _dict(f.get("hashes")), _dict(f.get("metadata"))
     return choose_file(files, file_id, filters, by_hash.kind if by_hash else None,

@@ -20,9 +20,9 @@ from __future__ import annotations
 import datetime as _dt
 from urllib.parse import urlsplit
 
-from .fetch_settings import FetchSettings
 from .http_client import Answer, FetchError
 from .netguard import for_log, host_matches
+from .settings import FetchSettings
 
 
 def civitai_date(value) -> str:
