@@ -29,15 +29,16 @@ def _require_host() -> None:
 
 
 def make_base_dir(root: Path, models: tuple[str, ...] | None = None, link_real: bool = True,
-                  settings: dict | None = None) -> Path:
-    """A ComfyUI base directory under ``root`` with this pack and the demo models linked in
-    (only ``models`` when given), the real LoRA fixtures as ``loras/real`` (unless ``link_real``
-    is False) and, when given, the pack's private ``settings.json``."""
+                  settings: dict | None = None, pack: Path = REPO) -> Path:
+    """A ComfyUI base directory under ``root`` with this pack (this checkout, or the folder
+    ``pack``) and the demo models linked in (only ``models`` when given), the real LoRA
+    fixtures as ``loras/real`` (unless ``link_real`` is False) and, when given, the pack's
+    private ``settings.json``."""
     base = root / "base"
     for sub in ("custom_nodes", "input", "output", "user", "models/checkpoints",
                 "models/diffusion_models", "models/loras"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "custom_nodes" / "lora-workbench").symlink_to(REPO)
+    (base / "custom_nodes" / "lora-workbench").symlink_to(pack)
     manifest = json.loads((MODELS / "manifest.json").read_text())
     for name, entry in manifest.items():
         if entry["folder"] and (models is None or name in models):
