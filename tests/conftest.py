@@ -7,6 +7,7 @@ test session (``server``). All need ``scripts/setup.sh`` to have run (``make tes
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -106,9 +107,10 @@ def free_port() -> int:
 
 
 class Server:
-    """A running ComfyUI server: ``url``, ``base`` (its base directory), ``log_path``."""
+    """A running ComfyUI server: ``url``, ``base`` (its base directory), ``log_path``; ``args``
+    are more command-line arguments (e.g. ``--front-end-root``)."""
 
-    def __init__(self, root: Path, env: dict | None = None, **base_options):
+    def __init__(self, root: Path, env: dict | None = None, args: tuple[str, ...] = (), **base_options):
         self.base = make_base_dir(root, **base_options)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -117,7 +119,7 @@ class Server:
         cmd = [str(HOST_ENV / "venv" / "bin" / "python"), str(COMFYUI / "main.py"), "--cpu",
                "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
                "--base-directory", str(self.base),
-               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
+               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}", *args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=root,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                      preexec_fn=_die_with_parent)
@@ -175,12 +177,12 @@ MIRROR_LORA = REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"
 MIRROR_TINY = "workbench-sd15-tiny.safetensors"
 
 
-@pytest.fixture(scope="session")
-def mirror(tmp_path_factory):
+@contextlib.contextmanager
+def mirror_servers(root: Path, args: tuple[str, ...] = ()):
     """A fake hub on loopback (tests/helpers/fake_hub.py) serving a real LoRA fixture as a Civitai
-    version that needs a token and the tiny checkpoint as a Hugging Face file, and a second
-    ComfyUI whose folders hold no models at all, set up to fetch from it, with the token planted
-    in its environment. Yields ``(hub, server)``."""
+    version that needs a token and the tiny checkpoint as a Hugging Face file, and a ComfyUI
+    (started with ``args``) whose folders hold no models at all, set up to fetch from it, with
+    the token planted in its environment. Yields ``(hub, server)``."""
     from helpers.fake_hub import Hub
 
     _require_host()
@@ -192,11 +194,18 @@ def mirror(tmp_path_factory):
     hub.start()
     settings = {"civitai_endpoint": hub.api_base, "hf_endpoint": hub.hf_base, "allow_loopback": True,
                 "backoff_s": 0.05}
-    srv = Server(tmp_path_factory.mktemp("mirror"), env={"CIVITAI_API_TOKEN": MIRROR_TOKEN}, models=(),
-                 link_real=False, settings=settings)
+    srv = Server(root, env={"CIVITAI_API_TOKEN": MIRROR_TOKEN}, args=args, models=(), link_real=False,
+                 settings=settings)
     try:
         srv.wait_ready()
         yield hub, srv
     finally:
         srv.stop()
         hub.stop()
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory):
+    """:func:`mirror_servers` for the whole session, with the floor's frontend."""
+    with mirror_servers(tmp_path_factory.mktemp("mirror")) as pair:
+        yield pair
