@@ -48,7 +48,10 @@ def browser():
             b.close()
 
 
-@pytest.fixture(scope="session", params=FRONTENDS)
+# Newest first: pytest groups the tests by frontend and stops a newer frontend's own servers
+# when it moves on to the next, so only the floor's (the e2e tests' server) outlives its group
+# and no two servers hold the full-size checkpoint for long.
+@pytest.fixture(scope="session", params=FRONTENDS[::-1])
 def frontend(request) -> str:
     """The frontend version under test; tests are grouped by it, one server each."""
     return request.param

@@ -114,7 +114,7 @@ def test_editors_results_and_provenance(mode_page, fe_server, file_host, fronten
     if place == "subgraph":
         sg = page.js("""(ids) => { const g = app.rootGraph ?? app.graph;
             const made = g.convertToSubgraph(new Set(ids.map((id) => g.getNodeById(id))));
-            app.canvas.openSubgraph(made.subgraph); return made.node.id; }""", [LOAD, FETCH, STACK])
+            app.canvas.openSubgraph(made.subgraph, made.node); return made.node.id; }""", [LOAD, FETCH, STACK])
         assert page.js("() => app.canvas.graph !== (app.rootGraph ?? app.graph)")  # the canvas shows the subgraph
         inner = page.js("(sg) => (app.rootGraph ?? app.graph).getNodeById(sg).subgraph.nodes.map(n => n.type)", sg)
         assert {"WorkbenchLoadLora", "WorkbenchFetchModel", "WorkbenchLoraStack"} <= set(inner)
@@ -126,10 +126,11 @@ def test_editors_results_and_provenance(mode_page, fe_server, file_host, fronten
     page.page.wait_for_timeout(500)
 
     # The stack editor: its rows, and an edit that lands in the node's own JSON widget.
-    rows = page.page.locator(".wb-stack .wb-row")
+    # Only what is on screen counts: DOM widgets of nodes outside the shown graph are hidden.
+    rows = page.page.locator(".wb-stack .wb-row >> visible=true")
     rows.first.wait_for()
     assert rows.count() == 1
-    page.page.locator(".wb-stack .wb-add").click()
+    page.page.locator(".wb-stack .wb-add >> visible=true").click()
     assert rows.count() == 2
     assert len(json.loads(node_js(page, sg, stack, "n.widgets.find(w => w.name === 'loras').value"))) == 2
     # The JSON widget and the replaced source widgets are hidden in place, in both renderers.
@@ -139,7 +140,7 @@ def test_editors_results_and_provenance(mode_page, fe_server, file_host, fronten
     shown_json = page.js("() => [...document.querySelectorAll('textarea')].filter(t => t.offsetParent && "
                          "t.value.includes('\"lora\"')).length")
     assert shown_json == 0
-    assert page.page.locator(".wb-source").count() >= 2  # Load LoRA's and Fetch Model's pickers
+    assert page.page.locator(".wb-source >> visible=true").count() == 2  # Load LoRA's and Fetch Model's pickers
     # Load LoRA's block editor button shows its caption, never the raw widget name.
     caption = node_js(page, sg, load, "[n.widgets.find(w => w.type === 'button')].map(w => w.label ?? w.name)[0]")
     assert caption == "Edit blocks…"
@@ -158,10 +159,10 @@ def test_editors_results_and_provenance(mode_page, fe_server, file_host, fronten
     # file's source recorded on Fetch Model, found by execution id ("<subgraph node>:<node>").
     entry = page.queue_and_wait(fe_server.url)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    page.page.locator(".wb-results .wb-badge").first.wait_for()
+    page.page.locator(".wb-results .wb-badge >> visible=true").first.wait_for()
     warning = node_js(page, sg, load, "n.widgets.find(w => w.name === 'workbench_results')?.entries?.[0]?.warning")
     assert "connect clip" in warning
-    assert "connect clip" in page.page.locator(".wb-results .wb-warning-text").first.inner_text()
+    assert "connect clip" in page.page.locator(".wb-results .wb-warning-text >> visible=true").first.inner_text()
     models = node_js(page, sg, fetch, "n.properties?.models")
     assert [(m["name"], m["url"], m["directory"]) for m in models] == [(f"browser/{name}", url, "loras")]
     saved = json.dumps(page.js("() => (app.rootGraph ?? app.graph).serialize()"))
