@@ -147,14 +147,31 @@ def record_models(extra_pnginfo: dict | None, unique_id: str | None, entries: li
     workflow = extra_pnginfo.get("workflow")
     if not isinstance(workflow, dict):
         return
-    for node in workflow.get("nodes") or []:
-        if isinstance(node, dict) and str(node.get("id")) == str(unique_id):
-            props = node.setdefault("properties", {})
-            models = [m for m in props.get("models") or [] if isinstance(m, dict)]
-            for e in entries:
-                models = [m for m in models if m.get("name") != e["name"] or m.get("directory") != e["directory"]]
-                models.append(e)
-            props["models"] = models
+    node = _workflow_node(workflow, str(unique_id))
+    if node is not None:
+        props = node.setdefault("properties", {})
+        models = [m for m in props.get("models") or [] if isinstance(m, dict)]
+        for e in entries:
+            models = [m for m in models if m.get("name") != e["name"] or m.get("directory") != e["directory"]]
+            models.append(e)
+        props["models"] = models
+
+
+def _workflow_node(workflow: dict, unique_id: str) -> dict | None:
+    """The node ``unique_id`` names in a saved workflow. Inside a subgraph the id is the path of
+    subgraph nodes that leads to it (``"12:5"``); each one's ``type`` is the id of its subgraph's
+    definition in ``definitions.subgraphs``, whose ``nodes`` hold the next step."""
+    definitions = {d.get("id"): d for d in (workflow.get("definitions") or {}).get("subgraphs") or []
+                   if isinstance(d, dict)}
+    nodes = workflow.get("nodes") or []
+    *path, last = unique_id.split(":")
+    for step in path:
+        outer = next((n for n in nodes if isinstance(n, dict) and str(n.get("id")) == step), None)
+        inner = definitions.get(outer.get("type")) if outer else None
+        if inner is None:
+            return None
+        nodes = inner.get("nodes") or []
+    return next((n for n in nodes if isinstance(n, dict) and str(n.get("id")) == last), None)
 
 
 def _short(source: str) -> str:
