@@ -88,7 +88,7 @@ def workflow(url: str, save_as: str, strength: float) -> dict:
              "widgets_values": [url, "loras", save_as, ""]},
             {"id": PREVIEW2, "type": "PreviewAny", "pos": [1240, 300], "size": [300, 160],
              "inputs": [{"name": "source", "type": "*", "link": 3}]},
-            {"id": STACK, "type": "WorkbenchLoraStack", "pos": [820, 80], "size": [520, 200],
+            {"id": STACK, "type": "WorkbenchLoraStack", "pos": [820, 300], "size": [460, 300],
              "widgets_values": [rows]},
         ]}
 

@@ -34,11 +34,15 @@ NEWER_HOST_ENDPOINTS = ("/api/jobs",)
 
 def console_error_source(text: str, url: str = "") -> str:
     """Who a console or page error comes from, by one rule for every test: ``"host"`` when it
-    names an endpoint of :data:`NEWER_HOST_ENDPOINTS` (in its text or the URL it is about),
-    ``"pack"`` when it names this pack's scripts or routes, else ``"frontend"``."""
+    names an endpoint of :data:`NEWER_HOST_ENDPOINTS` (in its text or the URL it is about);
+    ``"input"`` for a 400 answer of the pack's own routes (a spec the user is still typing: the
+    editor shows the route's message, and Chromium logs every 4xx response); ``"pack"`` when it
+    names this pack's scripts or routes otherwise; else ``"frontend"``."""
     where = f"{text} {url}"
     if any(endpoint in where for endpoint in NEWER_HOST_ENDPOINTS):
         return "host"
+    if "/lora_workbench/" in url and "status of 400" in text:
+        return "input"
     if "lora-workbench" in where or "/lora_workbench/" in where:
         return "pack"
     return "frontend"
@@ -47,7 +51,8 @@ def console_error_source(text: str, url: str = "") -> str:
 class Page:
     """A page on the test server with the frontend loaded. Console and page errors are sorted
     by :func:`console_error_source`: ``errors`` holds the pack's own (tests fail on them),
-    ``host_gaps`` the ones from endpoints the pinned host lacks, ``frontend_errors`` the rest."""
+    ``host_gaps`` the ones from endpoints the pinned host lacks, ``rejected_inputs`` the pack's
+    routes refusing a spec, ``frontend_errors`` the rest."""
 
     def __init__(self, page, url: str, frontend: str = "", newest: bool = False):
         self.page = page
@@ -57,6 +62,7 @@ class Page:
         self.errors: list[str] = []
         self.host_gaps: list[str] = []
         self.frontend_errors: list[str] = []
+        self.rejected_inputs: list[str] = []
         page.on("pageerror", lambda e: self._sort(str(e), str(e.stack or "")))
         page.on("console", lambda m: self._sort(m.text, (m.location or {}).get("url", ""))
                 if m.type == "error" else None)
@@ -64,7 +70,8 @@ class Page:
 
     def _sort(self, text: str, url: str) -> None:
         source = console_error_source(text, url)
-        {"pack": self.errors, "host": self.host_gaps, "frontend": self.frontend_errors}[source].append(
+        {"pack": self.errors, "host": self.host_gaps, "frontend": self.frontend_errors,
+         "input": self.rejected_inputs}[source].append(
             f"{text} ({url})" if url else text)
 
     def open(self) -> None:

@@ -16,7 +16,13 @@ def test_a_missing_newer_endpoint_is_the_hosts():
 def test_the_packs_scripts_and_routes_are_the_packs():
     assert console_error_source("TypeError: x is undefined",
                                 "http://127.0.0.1:8188/extensions/lora-workbench/js/stack_editor.js") == "pack"
-    assert console_error_source("Failed to load resource: 500", "http://127.0.0.1:8188/lora_workbench/spec") == "pack"
+    assert console_error_source("Failed to load resource: the server responded with a status of 500",
+                                "http://127.0.0.1:8188/api/lora_workbench/spec") == "pack"
+
+
+def test_a_spec_the_route_refuses_is_input_not_an_error():
+    assert console_error_source("Failed to load resource: the server responded with a status of 400 (Bad Request)",
+                                "http://127.0.0.1:8188/api/lora_workbench/spec") == "input"
 
 
 def test_anything_else_is_the_frontends():
