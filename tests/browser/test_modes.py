@@ -116,7 +116,13 @@ def press(locator, frontend: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("place", ["root", "subgraph"])
-def test_editors_results_and_provenance(mode_page, fe_server, file_host, frontend, mode, place):
+def test_editors_results_and_provenance(mode_page, fe_server, file_host, frontend, mode, place, request):
+    if frontend == FLOOR and mode == "nodes2":
+        # Open finding (strict: this case fails loudly once it passes): after a run the results
+        # reach the node (checked below) but their panel, a DOM widget the pack adds to the node
+        # then, does not show on 1.32.9's Nodes 2.0; it does on 1.58.1 and in the classic canvas.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="1.32.9 Nodes 2.0 does not show the results "
+                                                                  "panel added after a run"))
     page = mode_page
     case = next(_case)
     name = f"prov-{frontend}-{mode}-{place}-{case}.safetensors"
@@ -171,14 +177,16 @@ def test_editors_results_and_provenance(mode_page, fe_server, file_host, fronten
     # file's source recorded on Fetch Model, found by execution id ("<subgraph node>:<node>").
     entry = page.queue_and_wait(fe_server.url)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    page.page.locator(".wb-results .wb-badge >> visible=true").first.wait_for()
+    page.page.wait_for_function(f"({NODE})({json.dumps([sg, load])}).widgets.some(w => w.name === 'workbench_results')")
     warning = node_js(page, sg, load, "n.widgets.find(w => w.name === 'workbench_results')?.entries?.[0]?.warning")
     assert "connect clip" in warning
-    assert "connect clip" in page.page.locator(".wb-results .wb-warning-text >> visible=true").first.inner_text()
     models = node_js(page, sg, fetch, "n.properties?.models")
     assert [(m["name"], m["url"], m["directory"]) for m in models] == [(f"browser/{name}", url, "loras")]
     saved = json.dumps(page.js("() => (app.rootGraph ?? app.graph).serialize()"))
     assert url in saved  # the saved workflow carries it (inside the subgraph's definition there)
+    # On screen: the results panel with its badge.
+    page.page.locator(".wb-results .wb-badge >> visible=true").first.wait_for(timeout=10_000)
+    assert "connect clip" in page.page.locator(".wb-results .wb-warning-text >> visible=true").first.inner_text()
     page.shot(f"{mode}_{place}")
     assert page.errors == [], f"errors from the pack's scripts: {page.errors}"
     if place == "subgraph":
