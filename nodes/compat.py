@@ -4,7 +4,10 @@ ComfyUI 0.3.75 is the floor. Newer hosts add fields to ``io.Schema`` and keyword
 to the input classes; older ones lack some. Node modules describe themselves through
 :func:`schema` and :func:`inp`, which pass on only what the running host accepts, so one
 node definition works on every host from the floor up, and a field the host does not know
-is dropped rather than crashing registration.
+is dropped rather than crashing registration. On the floor a dropped field is expected (the
+pack passes some that only newer hosts know) and logged at debug level; on a host newer than
+the floor it means the host renamed or removed something the pack relies on, which is logged
+as a warning so that it is seen.
 """
 
 from __future__ import annotations
@@ -17,6 +20,27 @@ import logging
 from comfy_api.latest import ComfyExtension, io, ui  # noqa: F401  (re-exported)
 
 log = logging.getLogger("lora_workbench")
+
+# The oldest ComfyUI the pack supports (pyproject.toml's requires-comfyui).
+FLOOR = (0, 3, 75)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+@functools.cache
+def host_version() -> tuple[int, ...] | None:
+    """The running ComfyUI's version from its ``comfyui_version`` module, None if unknown."""
+    try:
+        import comfyui_version
+    except ImportError:
+        return None
+    return _version_tuple(str(getattr(comfyui_version, "__version__", "")))
 
 
 @functools.cache
@@ -33,13 +57,24 @@ def _accepted_kwargs(cls: type) -> frozenset[str] | None:
     return frozenset(p.name for p in params)
 
 
-def supported(fields: dict, accepted: frozenset[str] | None, what: str) -> dict:
-    """``fields`` without the keys ``accepted`` lacks (all kept when ``accepted`` is None)."""
+def supported(fields: dict, accepted: frozenset[str] | None, what: str,
+              version: tuple[int, ...] | None = None) -> dict:
+    """``fields`` without the keys ``accepted`` lacks (all kept when ``accepted`` is None).
+
+    A dropped key is a warning on a host newer than :data:`FLOOR` (``version``, default the
+    running host's), a debug line on the floor or an unknown version.
+    """
     if accepted is None:
         return dict(fields)
     dropped = sorted(set(fields) - accepted)
     if dropped:
-        log.debug("this ComfyUI's %s has no %s; leaving them out", what, ", ".join(dropped))
+        version = host_version() if version is None else version
+        if version is not None and version > FLOOR:
+            log.warning("LoRA Workbench: this ComfyUI (%s) has no %s keyword %s, which the pack passes; "
+                        "leaving it out. The node still works; please report this to the pack's Bug Tracker "
+                        "so the pack can follow the host.", ".".join(map(str, version)), what, ", ".join(dropped))
+        else:
+            log.debug("this ComfyUI's %s has no %s; leaving them out", what, ", ".join(dropped))
     return {k: v for k, v in fields.items() if k in accepted}
 
 

@@ -25,8 +25,9 @@ from ..lora_ops.fetching.source_ref import is_remote
 log = logging.getLogger("lora_workbench")
 
 PACK_USER = "lora_workbench"
-# Folders a fetch may write into: every model folder ComfyUI knows except code and configs.
-NOT_MODEL_FOLDERS = frozenset({"custom_nodes", "configs"})
+# A folder whose file types include one of these holds models (folder_paths' own list, a
+# diffusers "folder", or "" for any file, as the classifiers folder has).
+_MODEL_TYPES = frozenset(folder_paths.supported_pt_extensions) | {"folder", ""}
 _index_lock = threading.Lock()
 _indexes: dict[str, HashIndex] = {}
 
@@ -47,9 +48,27 @@ def hash_index() -> HashIndex:
         return _indexes[path]
 
 
+def is_model_folder(name: str) -> bool:
+    """Whether a fetch may write into the folder ``name``: by rule, not by a list of names,
+    since every host release adds folders. A folder holds models when its file types include a
+    model type; one with only other types does not (``configs``: .yaml, and newer hosts'
+    ``fonts``: .ttf/.otf); one with no types at all (``custom_nodes``, newer hosts'
+    ``datasets``, folders custom nodes register) does only when it lies in the models directory.
+    Comfy-Org/ComfyUI commit 1df2885ebd28, folder_paths.py, registers ``datasets`` and
+    ``fonts`` beside the model folders."""
+    entry = folder_paths.folder_names_and_paths.get(name)
+    if entry is None:
+        return False
+    paths, types = entry[0], set(entry[1])
+    if types:
+        return bool(types & _MODEL_TYPES)
+    models = os.path.realpath(folder_paths.models_dir)
+    return any(os.path.realpath(p).startswith(models + os.sep) for p in paths)
+
+
 def model_folders() -> list[str]:
     """Names of the model folders a fetch may write into (the ``directory`` choices)."""
-    return sorted(n for n in folder_paths.folder_names_and_paths if n not in NOT_MODEL_FOLDERS)
+    return sorted(n for n in folder_paths.folder_names_and_paths if is_model_folder(n))
 
 
 class _NodeProgress:
@@ -82,7 +101,7 @@ def fetch_source(folder: str, source: str, filename: str | None = None,
     """Fetch ``source`` into the model folder ``folder`` (or find it there); see
     :meth:`lora_ops.fetching.fetch.Fetcher.fetch` for the errors. Newly downloaded files are visible to
     ComfyUI's file lists at once (their cache is dropped)."""
-    if folder in NOT_MODEL_FOLDERS or folder not in folder_paths.folder_names_and_paths:
+    if not is_model_folder(folder):
         raise ValueError(f"directory {folder!r} is not a ComfyUI model folder; choose one of: "
                          f"{', '.join(model_folders())}.")
     from .sources import resolve_local
@@ -128,14 +147,31 @@ def record_models(extra_pnginfo: dict | None, unique_id: str | None, entries: li
     workflow = extra_pnginfo.get("workflow")
     if not isinstance(workflow, dict):
         return
-    for node in workflow.get("nodes") or []:
-        if isinstance(node, dict) and str(node.get("id")) == str(unique_id):
-            props = node.setdefault("properties", {})
-            models = [m for m in props.get("models") or [] if isinstance(m, dict)]
-            for e in entries:
-                models = [m for m in models if m.get("name") != e["name"] or m.get("directory") != e["directory"]]
-                models.append(e)
-            props["models"] = models
+    node = _workflow_node(workflow, str(unique_id))
+    if node is not None:
+        props = node.setdefault("properties", {})
+        models = [m for m in props.get("models") or [] if isinstance(m, dict)]
+        for e in entries:
+            models = [m for m in models if m.get("name") != e["name"] or m.get("directory") != e["directory"]]
+            models.append(e)
+        props["models"] = models
+
+
+def _workflow_node(workflow: dict, unique_id: str) -> dict | None:
+    """The node ``unique_id`` names in a saved workflow. Inside a subgraph the id is the path of
+    subgraph nodes that leads to it (``"12:5"``); each one's ``type`` is the id of its subgraph's
+    definition in ``definitions.subgraphs``, whose ``nodes`` hold the next step."""
+    definitions = {d.get("id"): d for d in (workflow.get("definitions") or {}).get("subgraphs") or []
+                   if isinstance(d, dict)}
+    nodes = workflow.get("nodes") or []
+    *path, last = unique_id.split(":")
+    for step in path:
+        outer = next((n for n in nodes if isinstance(n, dict) and str(n.get("id")) == step), None)
+        inner = definitions.get(outer.get("type")) if outer else None
+        if inner is None:
+            return None
+        nodes = inner.get("nodes") or []
+    return next((n for n in nodes if isinstance(n, dict) and str(n.get("id")) == last), None)
 
 
 def _short(source: str) -> str:

@@ -16,7 +16,7 @@ import os
 import re
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import comfy.lora
 import comfy.lora_convert
@@ -146,6 +146,7 @@ class PreparedLora:
     model_groups: dict[float, dict]
     clip_groups: dict[float, dict]
     report: ApplyReport
+    metadata: dict = field(default_factory=dict)  # the file's safetensors metadata
 
 
 @dataclass
@@ -228,9 +229,13 @@ def _candidates(key_map: dict, lora_keys) -> dict:
     """The entries of ``key_map`` that can match some key of the LoRA, in key-map order.
 
     ``comfy.lora.load_lora`` tries every adapter on every key-map entry (thousands per
-    model); every name it consumes is ``<entry>.<suffix>`` or ``<entry>_lora.<suffix>``, so an
-    entry that is no such prefix of any LoRA key can never match. Filtering first gives the
-    same patches in a tenth of the time.
+    model); every name the pinned host consumes is ``<entry>.<suffix>`` or
+    ``<entry>_lora.<suffix>``, whatever the suffix, so an entry that is no such prefix of any
+    LoRA key can never match there. Filtering first gives the same patches in a tenth of the
+    time. Newer hosts also load a fused ``<name>qkv`` entry from per-projection keys
+    ``<name>q.``/``k.``/``v.`` (Comfy-Org/ComfyUI commit 2bffe2f4ce57, comfy/lora_convert.py
+    ``qkv_projection_key``), so such entries are kept for those keys too; anything else a
+    newer host reads differently is caught by :func:`_load_patches`.
     """
     prefixes = set()
     for k in lora_keys:
@@ -241,7 +246,23 @@ def _candidates(key_map: dict, lora_keys) -> dict:
         j = k.find("_lora.")
         if j != -1:
             prefixes.add(k[:j])
+    prefixes |= {p[:-1] + "qkv" for p in prefixes if p[-1:] in ("q", "k", "v")}
     return {x: v for x, v in key_map.items() if x in prefixes}
+
+
+def _load_patches(tracked: _ReadTracker, key_map: dict) -> dict:
+    """``comfy.lora.load_lora(tracked, key_map)``, prefiltered by :func:`_candidates`, with the
+    same result as without the filter: when keys are left unread and an entry the filter left
+    out reads any of them into a patch (a host that names keys in a way the filter does not
+    know), the whole key map is loaded as core does, so no LoRA is ever dropped silently."""
+    candidates = _candidates(key_map, tracked)
+    patches = comfy.lora.load_lora(tracked, candidates, log_missing=False)
+    if set(tracked) - tracked.read:
+        left_out = {x: v for x, v in key_map.items() if x not in candidates}
+        if comfy.lora.load_lora(_ReadTracker(tracked), left_out, log_missing=False):
+            tracked.read.clear()
+            patches = comfy.lora.load_lora(tracked, key_map, log_missing=False)
+    return patches
 
 
 def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
@@ -254,7 +275,7 @@ def _match_uncached(model, clip, lora: LoraFile, name: str) -> MatchedLora:
     if not converted.sd:
         raise LoraApplyError(f"LoRA {name} has no tensors at all; the file is empty. Download it again.")
     tracked = _ReadTracker(comfy.lora_convert.convert_lora(converted.sd))
-    patches = comfy.lora.load_lora(tracked, _candidates(key_map, tracked), log_missing=False)
+    patches = _load_patches(tracked, key_map)
     unused = sorted(set(tracked) - tracked.read)
     te_unused = sum(looks_like_text_encoder(k) for k in unused) if clip is None else 0
     if not patches:
@@ -312,7 +333,7 @@ def prepare_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
                          format=m.format, notes=[*m.notes, *spec.notes], unused_keys=m.unused,
                          text_encoder_keys_without_clip=m.te_unused, misfits=list(m.misfits),
                          unmatched_patches=list(m.unmatched))
-    prepared = PreparedLora({}, {}, report)
+    prepared = PreparedLora({}, {}, report, dict(lora.metadata))
     for key, patch, bid, is_model in m.fitting:
         ratio = spec.ratio(bid)
         effective = (strength_model if is_model else strength_clip) * ratio
@@ -334,17 +355,30 @@ def prepare_lora(model, clip, lora: LoraFile, name: str, strength_model: float,
     return prepared
 
 
+def _attach_metadata(patcher, metadata: dict) -> None:
+    """Store a LoRA's metadata on a patcher as core's loader does on newer hosts, for nodes
+    that read it (Comfy-Org/ComfyUI commit 033046cc4fac, comfy/sd.py ``load_lora_for_models``:
+    ``set_attachments("lora_metadata", lora_metadata)`` on the model and the CLIP patcher when
+    the file has metadata). Patchers without attachments (older hosts) are left as they are."""
+    if metadata and hasattr(patcher, "set_attachments"):
+        patcher.set_attachments("lora_metadata", metadata)
+
+
 def add_prepared(model, clip, prepared: list[PreparedLora]):
     """One clone of ``model`` and of ``clip`` with every prepared LoRA added in list order:
-    one ``add_patches`` call per distinct strength of each LoRA."""
+    one ``add_patches`` call per distinct strength of each LoRA. Each LoRA's metadata becomes
+    the clones' ``lora_metadata`` attachment in turn, so the last LoRA with metadata wins, as
+    with core loaders chained in the same order."""
     new_model = model.clone()
     new_clip = clip.clone() if clip is not None else None
     for p in prepared:
         for strength, group in p.model_groups.items():
             new_model.add_patches(group, strength)
+        _attach_metadata(new_model, p.metadata)
         if new_clip is not None:
             for strength, group in p.clip_groups.items():
                 new_clip.add_patches(group, strength)
+            _attach_metadata(new_clip.patcher, p.metadata)
     return new_model, new_clip
 
 

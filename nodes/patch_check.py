@@ -36,14 +36,31 @@ def split_patch_key(key) -> tuple[str, tuple | None, object]:
 
 def _shape_signature(value):
     """What a shape check of ``value`` can depend on: tensor shapes and dtypes, the
-    structure around them, and the adapter class; plain numbers do not matter."""
+    structure around them, the adapter class and its attributes outside ``.weights``; plain
+    numbers inside the weights (alpha) do not matter."""
     if isinstance(value, torch.Tensor):
         return ("T", tuple(value.shape), value.dtype)
     if isinstance(value, (list, tuple)):
         return tuple(_shape_signature(v) for v in value)
     if hasattr(value, "weights") and hasattr(value, "calculate_weight"):
-        return (type(value).__name__, _shape_signature(value.weights))
+        return (type(value).__name__, _shape_signature(value.weights), _extra_signature(value))
     return value if isinstance(value, (str, type(None))) else "n"
+
+
+# Attributes every adapter has that a shape check does not read.
+_NOT_READ = frozenset({"weights", "loaded_keys"})
+
+
+def _extra_signature(adapter) -> tuple:
+    """An adapter's attributes outside ``.weights``, exactly (numbers too): newer hosts keep
+    values there that ``calculate_weight`` uses. Comfy-Org/ComfyUI commit 2bffe2f4ce57,
+    comfy/weight_adapter/lokr.py: ``LoKrAdapter`` stores the LoRA key (``key``) and a
+    ``row_offset`` it reads from the file, and narrows the Kronecker product to those rows,
+    so two LoKr patches with equal weights but another offset or key fit differently."""
+    attrs = getattr(adapter, "__dict__", {})
+    return tuple(sorted((name, _shape_signature(v) if isinstance(v, (torch.Tensor, list, tuple)) else
+                         (v if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__))
+                        for name, v in attrs.items() if name not in _NOT_READ))
 
 
 _MISFIT_MEMO: OrderedDict = OrderedDict()

@@ -7,6 +7,7 @@ test session (``server``). All need ``scripts/setup.sh`` to have run (``make tes
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -29,15 +30,16 @@ def _require_host() -> None:
 
 
 def make_base_dir(root: Path, models: tuple[str, ...] | None = None, link_real: bool = True,
-                  settings: dict | None = None) -> Path:
-    """A ComfyUI base directory under ``root`` with this pack and the demo models linked in
-    (only ``models`` when given), the real LoRA fixtures as ``loras/real`` (unless ``link_real``
-    is False) and, when given, the pack's private ``settings.json``."""
+                  settings: dict | None = None, pack: Path = REPO) -> Path:
+    """A ComfyUI base directory under ``root`` with this pack (this checkout, or the folder
+    ``pack``) and the demo models linked in (only ``models`` when given), the real LoRA
+    fixtures as ``loras/real`` (unless ``link_real`` is False) and, when given, the pack's
+    private ``settings.json``."""
     base = root / "base"
     for sub in ("custom_nodes", "input", "output", "user", "models/checkpoints",
                 "models/diffusion_models", "models/loras"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "custom_nodes" / "lora-workbench").symlink_to(REPO)
+    (base / "custom_nodes" / "lora-workbench").symlink_to(pack)
     manifest = json.loads((MODELS / "manifest.json").read_text())
     for name, entry in manifest.items():
         if entry["folder"] and (models is None or name in models):
@@ -105,9 +107,10 @@ def free_port() -> int:
 
 
 class Server:
-    """A running ComfyUI server: ``url``, ``base`` (its base directory), ``log_path``."""
+    """A running ComfyUI server: ``url``, ``base`` (its base directory), ``log_path``; ``args``
+    are more command-line arguments (e.g. ``--front-end-root``)."""
 
-    def __init__(self, root: Path, env: dict | None = None, **base_options):
+    def __init__(self, root: Path, env: dict | None = None, args: tuple[str, ...] = (), **base_options):
         self.base = make_base_dir(root, **base_options)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,7 +119,7 @@ class Server:
         cmd = [str(HOST_ENV / "venv" / "bin" / "python"), str(COMFYUI / "main.py"), "--cpu",
                "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
                "--base-directory", str(self.base),
-               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
+               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}", *args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=root,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                      preexec_fn=_die_with_parent)
@@ -174,12 +177,12 @@ MIRROR_LORA = REAL_LORAS / "lycoris_lokr" / "smart_falcon_4_lokr.safetensors"
 MIRROR_TINY = "workbench-sd15-tiny.safetensors"
 
 
-@pytest.fixture(scope="session")
-def mirror(tmp_path_factory):
+@contextlib.contextmanager
+def mirror_servers(root: Path, args: tuple[str, ...] = ()):
     """A fake hub on loopback (tests/helpers/fake_hub.py) serving a real LoRA fixture as a Civitai
-    version that needs a token and the tiny checkpoint as a Hugging Face file, and a second
-    ComfyUI whose folders hold no models at all, set up to fetch from it, with the token planted
-    in its environment. Yields ``(hub, server)``."""
+    version that needs a token and the tiny checkpoint as a Hugging Face file, and a ComfyUI
+    (started with ``args``) whose folders hold no models at all, set up to fetch from it, with
+    the token planted in its environment. Yields ``(hub, server)``."""
     from helpers.fake_hub import Hub
 
     _require_host()
@@ -191,11 +194,18 @@ def mirror(tmp_path_factory):
     hub.start()
     settings = {"civitai_endpoint": hub.api_base, "hf_endpoint": hub.hf_base, "allow_loopback": True,
                 "backoff_s": 0.05}
-    srv = Server(tmp_path_factory.mktemp("mirror"), env={"CIVITAI_API_TOKEN": MIRROR_TOKEN}, models=(),
-                 link_real=False, settings=settings)
+    srv = Server(root, env={"CIVITAI_API_TOKEN": MIRROR_TOKEN}, args=args, models=(), link_real=False,
+                 settings=settings)
     try:
         srv.wait_ready()
         yield hub, srv
     finally:
         srv.stop()
         hub.stop()
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory):
+    """:func:`mirror_servers` for the whole session, with the floor's frontend."""
+    with mirror_servers(tmp_path_factory.mktemp("mirror")) as pair:
+        yield pair

@@ -1,6 +1,9 @@
-"""Browser tests: Debian's headless Chromium, driven by Playwright, against the real frontend
-that the pinned ComfyUI serves (the session's test server). Screenshots go to
-``artifacts/screenshots/``."""
+"""Browser tests: Debian's headless Chromium, driven by Playwright, against the real frontends
+that the pinned ComfyUI serves: the floor the host pins (its venv's comfyui-frontend-package)
+and each newer one of ``scripts/frontends.txt``, served through ``--front-end-root``. Every
+browser test runs once per frontend, with one server per frontend for the whole session.
+Screenshots go to ``artifacts/screenshots/<frontend>/`` (the newest frontend's also to the
+README's ``docs/screenshots/``)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,20 @@ import os
 import shutil
 
 import pytest
+from conftest import Server, _require_host, mirror_servers
 
-from helpers.browser_page import Page
+from helpers.browser_page import FLOOR, FRONTENDS, frontend_static, open_page
+from helpers.paths import REPO
+
+
+def frontend_args(frontend: str) -> tuple[str, ...]:
+    """The host's arguments that serve ``frontend`` (none for the floor)."""
+    if frontend == FLOOR:
+        return ()
+    static = frontend_static(frontend)
+    if not (static / "index.html").is_file():
+        pytest.fail(f"frontend {frontend} is not installed at {static}: run `make setup`")
+    return ("--front-end-root", str(static))
 
 
 def chromium_path() -> str | None:
@@ -33,11 +48,49 @@ def browser():
             b.close()
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+# Newest first: pytest groups the tests by frontend and stops a newer frontend's own servers
+# when it moves on to the next, so only the floor's (the e2e tests' server) outlives its group
+# and no two servers hold the full-size checkpoint for long.
+@pytest.fixture(scope="session", params=FRONTENDS[::-1])
+def frontend(request) -> str:
+    """The frontend version under test; tests are grouped by it, one server each."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def fe_server(frontend, request, tmp_path_factory):
+    """The session's ComfyUI server for ``frontend``: the e2e ``server`` for the floor, a second
+    one started with ``--front-end-root`` for a newer frontend."""
+    if frontend == FLOOR:
+        yield request.getfixturevalue("server")
+        return
+    _require_host()
+    srv = Server(tmp_path_factory.mktemp(f"server-{frontend}"), settings={"allow_loopback": True},
+                 args=frontend_args(frontend))
     try:
-        p = Page(context.new_page(), server.url)
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+        artifacts = REPO / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        shutil.copy(srv.log_path, artifacts / f"server-{frontend}.log")
+
+
+@pytest.fixture(scope="session")
+def fe_mirror(frontend, request, tmp_path_factory):
+    """The ``mirror`` pair (fake hub, ComfyUI without models) serving ``frontend``."""
+    if frontend == FLOOR:
+        yield request.getfixturevalue("mirror")
+        return
+    with mirror_servers(tmp_path_factory.mktemp(f"mirror-{frontend}"), args=frontend_args(frontend)) as pair:
+        yield pair
+
+
+@pytest.fixture
+def page(browser, fe_server, frontend):
+    context, p = open_page(browser, fe_server.url, frontend)
+    try:
         yield p
         assert p.errors == [], f"errors from the pack's scripts: {p.errors}"
     finally:

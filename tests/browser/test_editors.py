@@ -14,10 +14,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not REAL_LORAS.is_dir(), reaso
 EXAMPLE = REPO / "example_workflows" / "lora_stack_with_block_weights.json"
 STACK, APPLY = 2, 3
 ANALOG = "real/cloneofsimo/analog_svd_rank4.safetensors"
+ROOT = "(app.rootGraph ?? app.graph)"  # app.graph is deprecated on newer frontends
 
 
 def loras_value(page) -> str:
-    return page.js(f"() => app.graph.getNodeById({STACK}).widgets.find(w => w.name === 'loras').value")
+    return page.js(f"() => {ROOT}.getNodeById({STACK}).widgets.find(w => w.name === 'loras').value")
 
 
 def row(page, i: int):
@@ -29,13 +30,13 @@ def set_field(locator, value: str) -> None:
     locator.press("Tab")  # "change" fires when the field loses focus, as for a person
 
 
-def spec_ratios(server, text: str) -> dict:
-    r = requests.post(f"{server.url}/lora_workbench/spec", json={"text": text, "family": "sd1"}, timeout=30)
+def spec_ratios(fe_server, text: str) -> dict:
+    r = requests.post(f"{fe_server.url}/lora_workbench/spec", json={"text": text, "family": "sd1"}, timeout=30)
     assert r.ok, r.text
     return r.json()["ratios"]
 
 
-def test_edit_rows_and_blocks_then_run(page, server):
+def test_edit_rows_and_blocks_then_run(page, fe_server):
     page.load(json.loads(EXAMPLE.read_text()))
     page.focus(STACK, 1.0)
     rows = page.page.locator(".wb-stack .wb-row")
@@ -65,7 +66,7 @@ def test_edit_rows_and_blocks_then_run(page, server):
     rows_now = json.loads(loras_value(page))
     assert [r["lora"] for r in rows_now] == [original[0]["lora"], ANALOG, original[1]["lora"]]
     assert rows_now[0]["strength_model"] == 0.5 and rows_now[1]["strength_model"] == 0.7
-    ratios = spec_ratios(server, rows_now[0]["blocks"])
+    ratios = spec_ratios(fe_server, rows_now[0]["blocks"])
     assert ratios["M00"] == 0.3 and ratios["OUT05"] == 1 and ratios["IN04"] == 0  # the rest kept as it was
     assert rows_now[2] == original[1]  # untouched rows stay exactly as they were
 
@@ -77,7 +78,7 @@ def test_edit_rows_and_blocks_then_run(page, server):
     page.focus(STACK, 1.0)
     page.shot("stack_editor", clip=page.focus(STACK, 1.0))
 
-    entry = page.queue_and_wait(server.url)
+    entry = page.queue_and_wait(fe_server.url)
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert entry["prompt"][2][str(STACK)]["inputs"]["loras"] == loras_value(page)
     results = page.page.locator(".wb-results .wb-result")
@@ -110,7 +111,7 @@ def test_hand_edited_json_loads_unchanged(page):
 
 @pytest.mark.parametrize("blocks,warning", [("", "connect clip"), ("default=0", "nothing applied")],
                          ids=["partly-applied", "applies-nothing"])
-def test_a_lora_that_does_not_apply_fully_shows_a_warning(page, server, blocks, warning):
+def test_a_lora_that_does_not_apply_fully_shows_a_warning(page, fe_server, blocks, warning):
     workflow = {
         "last_node_id": 3, "last_link_id": 2, "version": 0.4, "links": [[1, 1, 0, 2, 0, "MODEL"],
                                                                           [2, 2, 2, 3, 0, "STRING"]],
@@ -127,7 +128,7 @@ def test_a_lora_that_does_not_apply_fully_shows_a_warning(page, server, blocks, 
              "inputs": [{"name": "source", "type": "*", "link": 2}]},
         ]}
     page.load(workflow)
-    entry = page.queue_and_wait(server.url)
+    entry = page.queue_and_wait(fe_server.url)
     assert entry["status"]["status_str"] == "success", entry["status"]
     badge = page.page.locator(".wb-results .wb-badge")
     badge.wait_for()
@@ -155,11 +156,11 @@ def test_block_editor_takes_a_pasted_a1111_vector(page):
 
 
 @pytest.fixture
-def vue_nodes(server):
+def vue_nodes(fe_server):
     """The "Nodes 2.0" renderer (Vue) for one test, then back to the classic canvas."""
-    requests.post(f"{server.url}/settings/Comfy.VueNodes.Enabled", json=True, timeout=30)
+    requests.post(f"{fe_server.url}/settings/Comfy.VueNodes.Enabled", json=True, timeout=30)
     yield
-    requests.post(f"{server.url}/settings/Comfy.VueNodes.Enabled", json=False, timeout=30)
+    requests.post(f"{fe_server.url}/settings/Comfy.VueNodes.Enabled", json=False, timeout=30)
 
 
 def test_stack_editor_works_in_nodes_2(vue_nodes, page):
@@ -177,7 +178,7 @@ def test_stack_editor_works_in_nodes_2(vue_nodes, page):
     page.shot("stack_editor_nodes2", clip={"x": 0, "y": 0, "width": 1400, "height": 900})
 
 
-def test_source_picker_and_extraction_result(page, server):
+def test_source_picker_and_extraction_result(page, fe_server):
     attnproc = "real/diffusers_attnproc/catundchat__stable-diffusion-v1.5-lora/pytorch_lora_weights.safetensors"
     workflow = {
         "last_node_id": 5, "last_link_id": 4, "version": 0.4,
@@ -207,17 +208,17 @@ def test_source_picker_and_extraction_result(page, server):
     options = page.js("() => [...document.querySelectorAll('#wb-files-loras option')].map(o => o.value)")
     assert attnproc in options
     set_field(picker, attnproc)
-    assert page.js("() => app.graph.getNodeById(5).widgets.find(w => w.name === 'source').value") == attnproc
-    page.js("() => app.graph.remove(app.graph.getNodeById(5))")  # not part of the run
+    assert page.js(f"() => {ROOT}.getNodeById(5).widgets.find(w => w.name === 'source').value") == attnproc
+    page.js(f"() => {ROOT}.remove({ROOT}.getNodeById(5))")  # not part of the run
 
-    entry = page.queue_and_wait(server.url)
+    entry = page.queue_and_wait(fe_server.url)
     assert entry["status"]["status_str"] == "success", entry["status"]
     result = page.page.locator(".wb-results .wb-result").first
     result.wait_for()
     assert "layers extracted" in result.inner_text()
-    page.page.wait_for_function("(n => n.imgs?.length > 0 && n.imgs[0].complete)(app.graph.getNodeById(3))")
+    page.page.wait_for_function(f"(n => n.imgs?.length > 0 && n.imgs[0].complete)({ROOT}.getNodeById(3))")
     page.shot("extraction_result", clip=page.focus(3, 1.0))
-    for made in (server.base / "models" / "loras" / "browser").glob("extracted_*"):
+    for made in (fe_server.base / "models" / "loras" / "browser").glob("extracted_*"):
         made.unlink()
 
 
@@ -225,7 +226,7 @@ def test_source_picker_and_extraction_result(page, server):
 def test_every_example_loads_with_its_model_entries(page, path):
     workflow = json.loads(path.read_text())
     page.load(workflow)
-    loaded = page.js("() => app.graph.serialize()")
+    loaded = page.js("() => (app.rootGraph ?? app.graph).serialize()")
     assert len(loaded["nodes"]) == len(workflow["nodes"])
     shipped = {n["id"]: n["properties"].get("models") for n in workflow["nodes"] if n["properties"].get("models")}
     for node in loaded["nodes"]:

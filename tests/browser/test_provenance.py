@@ -14,13 +14,12 @@ from helpers.paths import REAL_LORAS
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="needs ../shared fixtures")]
 
 
-def test_fetch_node_records_the_model_in_the_saved_workflow(browser, mirror):
-    from helpers.browser_page import Page
+def test_fetch_node_records_the_model_in_the_saved_workflow(browser, fe_mirror, frontend):
+    from helpers.browser_page import open_page
 
-    hub, srv = mirror
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    hub, srv = fe_mirror
+    context, page = open_page(browser, srv.url, frontend)
     try:
-        page = Page(context.new_page(), srv.url)
         page.load({
             "last_node_id": 2, "last_link_id": 1, "version": 0.4, "links": [[1, 1, 2, 2, 0, "STRING"]],
             "nodes": [
@@ -33,8 +32,8 @@ def test_fetch_node_records_the_model_in_the_saved_workflow(browser, mirror):
             ]})
         entry = page.queue_and_wait(srv.url)
         assert entry["status"]["status_str"] == "success", entry["status"]
-        page.page.wait_for_function("app.graph.getNodeById(1).properties?.models?.length > 0")
-        workflow = page.js("() => app.graph.serialize()")
+        page.page.wait_for_function("(app.rootGraph ?? app.graph).getNodeById(1).properties?.models?.length > 0")
+        workflow = page.js("() => (app.rootGraph ?? app.graph).serialize()")
         node = next(n for n in workflow["nodes"] if n["id"] == 1)
         sha = hashlib.sha256(MIRROR_LORA.read_bytes()).hexdigest()
         assert node["properties"]["models"] == [{

@@ -53,3 +53,18 @@ def meta_model(name: str):
     model = build_meta(getattr(sm, cls_name), config)
     meta = torch.device("meta")
     return comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta)
+
+
+@functools.cache
+def meta_text_encoder(name: str):
+    """The family's text encoders at full size on the meta device (what a CLIP holds as its
+    ``cond_stage_model``: weight names and shapes for LoRA key maps), built by the host's own
+    ``clip_target``; None for a family without one. Cached: callers must not patch it."""
+    import comfy.supported_models as sm
+    import torch
+
+    cls_name, config = unet_config(name)
+    target = getattr(sm, cls_name)(dict(config)).clip_target({})
+    if target is None:
+        return None
+    return target.clip(device="meta", dtype=torch.float16, model_options={})

@@ -32,3 +32,23 @@ def test_inputs_and_outputs_drop_unknown_keywords(comfy_host):
     assert (i.id, i.default, i.min, i.max) == ("strength", 0.5, -1.0, 1.0)
     o = compat.out(io.String, "report", tooltip="t", not_a_real_kwarg=1)
     assert (o.id, o.tooltip) == ("report", "t")
+
+
+def test_a_keyword_dropped_on_a_newer_host_is_a_warning(comfy_host, caplog):
+    from comfy_api.latest import io
+    from lora_workbench.nodes import compat
+
+    accepted = compat._accepted_kwargs(io.String.Input)
+    fields = {"default": "", "multiline": True, "a_keyword_this_host_renamed": 1}
+    assert compat.host_version() == compat.FLOOR  # the pinned host is the floor
+    with caplog.at_level(logging.DEBUG, logger="lora_workbench"):
+        kept = compat.supported(fields, accepted, "String.Input")  # the running host: the floor
+    assert "a_keyword_this_host_renamed" not in kept
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="lora_workbench"):
+        kept = compat.supported(fields, accepted, "String.Input", version=(0, 4, 1))
+    assert kept == {"default": "", "multiline": True}
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "0.4.1" in record.getMessage() and "a_keyword_this_host_renamed" in record.getMessage()

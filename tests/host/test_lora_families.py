@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from helpers.meta_models import meta_model
+from helpers.meta_models import meta_model, meta_text_encoder
 from helpers.paths import REAL_LORAS, SHARED
 
 KEYSETS = SHARED / "fixtures" / "real" / "keysets"
@@ -43,23 +43,11 @@ def materialise(keyset: dict) -> dict:
 
 def meta_clip(family: str):
     """The text encoders of a family on the meta device, as the pack reads a CLIP: only its
-    ``cond_stage_model`` (weight names and shapes) is used to match a LoRA."""
-    import comfy.sd1_clip
-    import comfy.sdxl_clip
-    import comfy.text_encoders.flux
-    import torch
-
-    meta = torch.device("meta")
-    with meta:
-        if family == "SD15":
-            te = comfy.sd1_clip.SD1ClipModel(device=meta, dtype=torch.float16)
-        elif family == "SDXL":
-            te = comfy.sdxl_clip.SDXLClipModel(device=meta, dtype=torch.float16)
-        elif family == "Flux.1 dev":
-            te = comfy.text_encoders.flux.FluxClipModel(device=meta, dtype=torch.float16)
-        else:
-            return None
-    return types.SimpleNamespace(cond_stage_model=te)
+    ``cond_stage_model`` (weight names and shapes) is used to match a LoRA. The keysets tested
+    here carry text-encoder keys only for SD1.5, SDXL and Flux.1."""
+    if family not in ("SD15", "SDXL", "Flux.1 dev"):
+        return None
+    return types.SimpleNamespace(cond_stage_model=meta_text_encoder(family))
 
 
 # keyset -> (full-size meta model it goes onto, None when the pack applies every key, a

@@ -4,34 +4,34 @@ installs packages or evaluates strings at run time, and complete Registry metada
 from __future__ import annotations
 
 import ast
-import fnmatch
-import subprocess
+import io
+import json
+import zipfile
 
 import tomllib
 
+from helpers.package import build_archive, published_files
 from helpers.paths import REPO
 
 RUNTIME = ("__init__.py", "nodes", "lora_ops")
-
-
-def published_files() -> list[str]:
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    patterns = [p.strip() for p in (REPO / ".comfyignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
-
-    def ignored(path: str) -> bool:
-        return any(path.startswith(p) if p.endswith("/") else fnmatch.fnmatch(path, p) for p in patterns)
-
-    return [f for f in tracked if not ignored(f)]
 
 
 def test_archive_has_no_tests_or_dev_files():
     files = published_files()
     assert "__init__.py" in files and "pyproject.toml" in files and "requirements.txt" in files
     assert any(f.startswith("locales/en/") for f in files) and any(f.startswith("example_workflows/") for f in files)
-    dev = [f for f in files if f.startswith(("tests/", "scripts/", ".ci/", "docs/", ".host/")) or f == "Makefile"]
+    dev = [f for f in files if f.startswith(("tests/", "scripts/", ".ci/", "docs/", ".host/", ".github/"))
+           or f in ("Makefile", ".gitignore")]
     assert dev == []
     assert not any(f.startswith("web/") and f.endswith(".py") for f in files)
+
+
+def test_archive_ships_every_node_help_page():
+    node_ids = json.loads((REPO / "tests" / "golden" / "node_schemas.json").read_text())  # every node of the pack
+    names = zipfile.ZipFile(io.BytesIO(build_archive(published_files()))).namelist()
+    pages = sorted(n for n in names if n.startswith("web/docs/") and n.endswith(".md"))
+    assert pages == sorted(f"web/docs/{node}.md" for node in node_ids)
+    assert len(pages) == 8
 
 
 def test_runtime_code_installs_nothing_and_evaluates_no_strings():

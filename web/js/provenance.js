@@ -6,6 +6,7 @@
 // with or without this pack, which file is missing and where to get it.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { nodeForExecutionId } from "./graph.js";
 
 const KEYS = ["name", "url", "hash", "hash_type", "directory"];
 
@@ -16,11 +17,6 @@ function clean(entry) {
   return out.name && out.url && out.directory ? out : null;
 }
 
-function nodeFor(id) {
-  // Execution ids of nodes inside subgraphs look like "12:5"; the canvas node is the last part.
-  const graph = app.canvas?.graph ?? app.graph;
-  return graph?.getNodeById?.(id) ?? app.graph?.getNodeById?.(String(id).split(":").pop()) ?? null;
-}
 
 export function mergeModels(existing, entries) {
   const kept = (Array.isArray(existing) ? existing : []).filter(
@@ -31,7 +27,7 @@ export function mergeModels(existing, entries) {
 api.addEventListener("executed", ({ detail }) => {
   const entries = (detail?.output?.workbench_models ?? []).map(clean).filter(Boolean);
   if (!entries.length) return;
-  const node = nodeFor(detail.node);
+  const node = nodeForExecutionId(detail.node);
   if (!node) return;
   node.properties = node.properties ?? {};
   node.properties.models = mergeModels(node.properties.models, entries);

@@ -3,12 +3,9 @@
 // UI output. Plots come as ordinary preview images, which the frontend shows by itself.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { nodeForExecutionId } from "./graph.js";
 import { el, injectStyle, widgetByName } from "./style.js";
 
-function nodeFor(id) {
-  const graph = app.canvas?.graph ?? app.graph;
-  return graph?.getNodeById?.(id) ?? app.graph?.getNodeById?.(String(id).split(":").pop()) ?? null;
-}
 
 function entryElement(entry) {
   const warn = typeof entry?.warning === "string" && entry.warning;
@@ -60,7 +57,7 @@ export function showResults(node, entries, fullText, blocksInfo = null) {
 api.addEventListener("executed", ({ detail }) => {
   const entries = detail?.output?.workbench_report;
   if (!Array.isArray(entries) || !entries.length) return;
-  const node = nodeFor(detail.node);
+  const node = nodeForExecutionId(detail.node);
   if (node) showResults(node, entries, detail.output.workbench_text?.[0], detail.output.workbench_blocks?.[0]);
 });
 

@@ -7,6 +7,7 @@
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { openBlockEditor } from "./block_editor.js";
+import { inputLinked, setWidgetHidden } from "./graph.js";
 import { el, injectStyle, widgetByName } from "./style.js";
 
 const SOURCE_NODES = {
@@ -129,11 +130,9 @@ function attachStackEditor(node) {
     if (value !== written) render();
     return result;
   };
-  // The classic canvas reads `hidden`, the Nodes 2.0 renderer `options.hidden`.
   const ownSize = Object.prototype.hasOwnProperty.call(loras, "computeSize") ? loras.computeSize : undefined;
   function setHidden(hidden) {
-    loras.hidden = hidden;
-    loras.options = { ...(loras.options ?? {}), hidden };
+    setWidgetHidden(loras, hidden);
     // A hidden DOM widget still reserves its height in the classic layout: give it none.
     if (hidden) loras.computeSize = () => [0, -4];
     else if (ownSize) loras.computeSize = ownSize;
@@ -179,7 +178,7 @@ function attachSourcePicker(node, folder) {
     node.graph?.change?.();
   });
   const sync = () => {
-    const linked = node.inputs?.some((i) => i.name === "source" && i.link != null);
+    const linked = inputLinked(node, "source");
     input.disabled = !!linked;
     if (document.activeElement !== input) input.value = linked ? "(connected)" : source.value ?? "";
   };
@@ -188,8 +187,7 @@ function attachSourcePicker(node, folder) {
     { serialize: false, getMinHeight: () => 30, getMaxHeight: () => 30 });
   widget.serialize = false;
   widget.computeSize = (width) => [width ?? node.size[0], 36]; // a fixed-height line, not a share of the rest
-  source.hidden = true;
-  source.options = { ...(source.options ?? {}), hidden: true };
+  setWidgetHidden(source, true);
   source.computeSize = () => [0, -4]; // hidden, so it takes no room in the classic layout either
   node.workbenchSyncSource = () => {
     sync();
@@ -205,15 +203,18 @@ function fitHeight(node) {
   if (need && node.size[1] < need + 12) node.setSize?.([node.size[0], need + 12]);
 }
 
-// A native button next to the `blocks` widget of Load LoRA opens the block editor on it.
+// A native button next to the `blocks` widget of Load LoRA opens the block editor on it. Its
+// name is its caption: the Nodes 2.0 button of frontend 1.32.9 shows the name and ignores the
+// label. It is not saved (serialize: false), so the name appears in no workflow.
+const BLOCKS_BUTTON = "Edit blocks…";
 function attachBlocksButton(node) {
   const blocks = widgetByName(node, "blocks");
-  if (!blocks || widgetByName(node, "workbench_edit_blocks")) return;
-  const button = node.addWidget("button", "workbench_edit_blocks", null, () => openBlockEditor({
+  if (!blocks || widgetByName(node, BLOCKS_BUTTON)) return;
+  const button = node.addWidget("button", BLOCKS_BUTTON, null, () => openBlockEditor({
     spec: blocks.value ?? "", title: "Block weights", node,
     onApply: (text) => { blocks.value = text; blocks.callback?.(text); node.graph?.change?.(); },
   }), { serialize: false });
-  button.label = "Edit blocks…";
+  button.label = BLOCKS_BUTTON;
   button.serialize = false;
 }
 
