@@ -13,18 +13,8 @@ import shutil
 import pytest
 from conftest import Server, _require_host, mirror_servers
 
-from helpers.browser_page import FLOOR, FRONTENDS, frontend_static, open_page
+from helpers.browser_page import FLOOR, FRONTENDS, frontend_args, open_page
 from helpers.paths import REPO
-
-
-def frontend_args(frontend: str) -> tuple[str, ...]:
-    """The host's arguments that serve ``frontend`` (none for the floor)."""
-    if frontend == FLOOR:
-        return ()
-    static = frontend_static(frontend)
-    if not (static / "index.html").is_file():
-        pytest.fail(f"frontend {frontend} is not installed at {static}: run `make setup`")
-    return ("--front-end-root", str(static))
 
 
 def chromium_path() -> str | None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import Server
 
-from helpers.browser_page import Page
+from helpers.browser_page import Page, frontend_args
 from helpers.paths import REPO
 from helpers.tiny_families import TINY, write_lora, write_model
 
@@ -26,9 +26,10 @@ LOAD, LORA_NODE, PREVIEW = 1, 2, 3
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, comfy_host):
-    """A server with the test loader node, tiny HiDream and Wan models and a LoRA for each."""
-    root = tmp_path_factory.mktemp("families")
+def tiny(tmp_path_factory, comfy_host, frontend):
+    """A server for ``frontend`` with the test loader node, tiny HiDream and Wan models and a
+    LoRA for each."""
+    root = tmp_path_factory.mktemp(f"families-{frontend}")
     base = root / "base"
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / "workbench_test_tiny").symlink_to(REPO / "tests" / "helpers" / "tiny_model_node")
@@ -37,7 +38,7 @@ def tiny(tmp_path_factory, comfy_host):
         sd = write_model(kind, base / "models" / "diffusion_models" / f"tiny-{kind}.safetensors")
         targets = write_lora(sd, base / "models" / "loras" / f"tiny-{kind}-lora.safetensors")
         models[kind] = (sd, targets)
-    srv = Server(root, models=(), link_real=False)
+    srv = Server(root, models=(), link_real=False, args=frontend_args(frontend))
     try:
         srv.wait_ready()
         yield srv, models
@@ -78,7 +79,7 @@ def workflow(kind: str, blocks: str = "") -> dict:
 
 
 def open_editor(page):
-    page.js(f"() => app.graph.getNodeById({LORA_NODE}).widgets.find(w => w.name === 'workbench_edit_blocks')"
+    page.js(f"() => app.graph.getNodeById({LORA_NODE}).widgets.find(w => w.name === 'Edit blocks…')"
             ".callback()")
     dialog = page.page.locator(".wb-dialog")
     dialog.wait_for(timeout=120_000)  # the first opening builds the family list on the server

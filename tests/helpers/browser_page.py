@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from importlib.metadata import version
 
+import pytest
+
 from helpers.paths import HOST_ENV, REPO
 
 # The frontends every browser test runs on: the floor the pinned host installs (its venv's
@@ -137,3 +139,13 @@ def open_page(browser, url: str, frontend: str):
     """A new browser context and a :class:`Page` of ``frontend`` at ``url``; close the context."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     return context, Page(context.new_page(), url, frontend, newest=frontend == NEWEST)
+
+
+def frontend_args(frontend: str) -> tuple[str, ...]:
+    """The host's arguments that serve ``frontend`` (none for the floor)."""
+    if frontend == FLOOR:
+        return ()
+    static = frontend_static(frontend)
+    if not (static / "index.html").is_file():
+        pytest.fail(f"frontend {frontend} is not installed at {static}: run `make setup`")
+    return ("--front-end-root", str(static))
