@@ -2,8 +2,8 @@
 that the pinned ComfyUI serves: the floor the host pins (its venv's comfyui-frontend-package)
 and each newer one of ``scripts/frontends.txt``, served through ``--front-end-root``. Every
 browser test runs once per frontend, with one server per frontend for the whole session.
-Screenshots go to ``artifacts/screenshots/<frontend>/`` (the newest frontend's also to the
-README's ``docs/screenshots/``)."""
+Screenshots go to ``artifacts/screenshots/<frontend>/`` (with ``UPDATE_SCREENSHOTS=1``, the
+newest frontend's also to the README's ``docs/screenshots/``)."""
 
 from __future__ import annotations
 

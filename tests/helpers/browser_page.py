@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from importlib.metadata import version
 
@@ -109,13 +110,14 @@ class Page:
         }""", [node_id, scale])
 
     def shot(self, name: str, clip: dict | None = None) -> None:
-        """``artifacts/screenshots/<frontend>/<name>.png``; on the newest frontend also the
-        README's copy in ``docs/screenshots/`` when the README shows one of that name."""
+        """``artifacts/screenshots/<frontend>/<name>.png``; with ``UPDATE_SCREENSHOTS=1``, on the
+        newest frontend, also the README's copy in ``docs/screenshots/`` when the README shows
+        one of that name (a plain test run never changes tracked files)."""
         folder = SHOTS / (self.frontend or "frontend")
         folder.mkdir(parents=True, exist_ok=True)
         self.page.wait_for_timeout(800)  # DOM widgets follow the canvas on the next frames
         self.page.screenshot(path=str(folder / f"{name}.png"), clip=clip)
-        if self.newest and (README_SHOTS / f"{name}.png").exists():
+        if os.environ.get("UPDATE_SCREENSHOTS") == "1" and self.newest and (README_SHOTS / f"{name}.png").exists():
             (README_SHOTS / f"{name}.png").write_bytes((folder / f"{name}.png").read_bytes())
 
     def queue_and_wait(self, http_url: str, timeout: float = 600) -> dict:
