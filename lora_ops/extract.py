@@ -257,7 +257,9 @@ class FileSource(TensorSource):
 
     Tensors are read with ``os.pread`` into their own buffers, one at a time, rather than
     through a memory map: a map leaves every page it touched counted in the process's
-    resident memory, which for two checkpoints is their whole size. The SHA-256 of the file
+    resident memory, which for two checkpoints is their whole size. The tensor returned by
+    :meth:`get_tensor` shares the source's read buffer: it is valid until the next call. The
+    SHA-256 of the file
     is computed from those same reads when they come in file order (the bytes between
     tensors are read for it as they are passed), so :meth:`digest` costs a second read only
     of what was skipped or read out of order.
@@ -284,16 +286,16 @@ class FileSource(TensorSource):
 
     def __enter__(self):
         self._fd = os.open(self.path, os.O_RDONLY)
-        self._sha, self._hashed = hashlib.sha256(), 0
+        self._sha, self._hashed, self._buf = hashlib.sha256(), 0, bytearray()
         return self
 
     def __exit__(self, *exc):
         os.close(self._fd)
-        self._fd = None
+        self._fd, self._buf = None, bytearray()
 
-    def _read(self, offset: int, nbytes: int, what: str) -> bytearray:
-        buf = bytearray(nbytes)
-        view = memoryview(buf)
+    def _read(self, offset: int, nbytes: int, what: str, buf: bytearray | None = None) -> bytearray:
+        buf = bytearray(nbytes) if buf is None else buf
+        view = memoryview(buf)[:nbytes]
         while view:
             got = os.preadv(self._fd, [view], offset)
             if got <= 0:
@@ -321,13 +323,18 @@ class FileSource(TensorSource):
                                "convert the checkpoint to fp16, bf16 or fp32")
         start = self._h.data_start + info.begin
         self._hash_to(start)
-        buf = self._read(start, info.nbytes, key)
-        if start == self._hashed:  # in file order: these bytes are the next ones of the hash
-            self._sha.update(buf)
-            self._hashed += info.nbytes
         if not info.nbytes:
             return torch.empty(info.shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+        # One read buffer, reused (grown to the largest tensor): a fresh buffer per tensor
+        # leaves the allocator holding freed ones, and resident memory creeps with the model.
+        if len(self._buf) < info.nbytes:
+            self._buf = bytearray(info.nbytes)
+        self._read(start, info.nbytes, key, self._buf)
+        view = memoryview(self._buf)[:info.nbytes]
+        if start == self._hashed:  # in file order: these bytes are the next ones of the hash
+            self._sha.update(view)
+            self._hashed += info.nbytes
+        return torch.frombuffer(view, dtype=dtype).reshape(info.shape)
 
 
 def plan_sources(base: TensorSource, tuned: TensorSource, text_encoders: bool = True) -> Plan:
@@ -457,10 +464,10 @@ def _difference_into(out: torch.Tensor, fb: TensorSource, ft: TensorSource, laye
 
 class _Reader(threading.Thread):
     """Reads the layers in ``order`` and forms their differences, batch by batch, ahead of
-    the factorisation: ``items`` receives ``(layers, a, kept, energies)`` per batch (``a``:
-    float32 (len(kept), m, n) holding the changed layers), then None at the end, or the
-    exception that stopped it. At most two batches exist at once: the consumer calls
-    :meth:`done` after each."""
+    the factorisation: ``items`` receives ``(layers, a, kept, energies, buffer)`` per batch
+    (``a``: float32 (len(kept), m, n) holding the changed layers, a view of ``buffer``), then
+    None at the end, or the exception that stopped it. Two buffers exist, reused: the consumer
+    hands each back with :meth:`done`."""
 
     def __init__(self, order: list[Layer], fb: TensorSource, ft: TensorSource, base: str, tuned: str,
                  opts: Options):
@@ -468,10 +475,14 @@ class _Reader(threading.Thread):
         self.order, self.fb, self.ft, self.base, self.tuned, self.opts = order, fb, ft, base, tuned, opts
         self.items: queue.Queue = queue.Queue()
         self.stop = threading.Event()
-        self._tokens = threading.Semaphore(2)
+        # Two float32 buffers, reused: one is factorised while the other is filled.
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(2):
+            self._free.put(torch.empty(0, dtype=torch.float32))
 
-    def done(self) -> None:
-        self._tokens.release()
+    def done(self, buffer: torch.Tensor) -> None:
+        """Hand a batch's buffer back for the next batch."""
+        self._free.put(buffer)
 
     def run(self) -> None:
         try:
@@ -482,20 +493,27 @@ class _Reader(threading.Thread):
                 chunk = [order[i]]
                 while i + len(chunk) < total and len(chunk) < limit and order[i + len(chunk)].matrix_shape == shape:
                     chunk.append(order[i + len(chunk)])
-                while not self._tokens.acquire(timeout=0.1):
+                buffer = None
+                while buffer is None:
                     if self.stop.is_set():
                         return
-                if self.stop.is_set():
-                    return
-                # One buffer for the batch, filled difference by difference: no second copy.
-                a = torch.empty((len(chunk), *shape), dtype=torch.float32)
+                    try:
+                        buffer = self._free.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                need = len(chunk) * shape[0] * shape[1]
+                if buffer.numel() < need:
+                    del buffer  # freed before its larger replacement is allocated
+                    buffer = torch.empty(need, dtype=torch.float32)
+                # The batch is filled difference by difference: no second copy.
+                a = buffer[:need].view(len(chunk), *shape)
                 kept, energies = [], []
                 for layer in chunk:
                     e = _difference_into(a[len(kept)], self.fb, self.ft, layer, self.base, self.tuned)
                     if e is not None:
                         kept.append(layer)
                         energies.append(e)
-                self.items.put((chunk, a[: len(kept)], kept, energies))
+                self.items.put((chunk, a[: len(kept)], kept, energies, buffer))
                 i += len(chunk)
             self.items.put(None)
         except BaseException as e:  # handed to the consumer, which raises it
@@ -522,7 +540,7 @@ def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, 
                 while (item := reader.items.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
-                    chunk, a, kept, energies = item
+                    chunk, a, kept, energies, buffer = item
                     t0 = time.perf_counter()
                     stats += [LayerStats(layer.name, layer.block, layer.matrix_shape, 0, 0.0, 1.0, 0.0, 0.0)
                               for layer in chunk if layer not in kept]
@@ -537,7 +555,8 @@ def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, 
                                                 (time.perf_counter() - t0) / len(kept)))
                         del f, a_dev
                     del a, item
-                    reader.done()
+                    reader.done(buffer)
+                    del buffer
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total, chunk[-1].name)
