@@ -367,7 +367,8 @@ def bench_pair(args) -> int:
         tmp = Path(d)
         if args.via in ("cli", "both"):
             r = run_cli(base, tuned, str(tmp / "cli.safetensors"), args.rank)
-            print(r["report"].split("\n", 1)[1] if args.verbose else r["report"].splitlines()[-2], flush=True)
+            print(r["report"] if args.verbose else next(line for line in r["report"].splitlines()
+                                                          if "layers extracted" in line), flush=True)
             rows.append(("CLI", r))
             errs = sample_errors(base, tuned, str(tmp / "cli.safetensors"), args.check_layers)
             print("reported vs measured error (float64, from the file):")

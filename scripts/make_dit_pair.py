@@ -78,10 +78,12 @@ def _dtype_of(shape: tuple, dtype: str) -> str:
 
 def write_pair(shapes: dict[str, tuple[int, ...]], base_path: Path, tuned_path: Path, base_dtype: str = "bf16",
                tuned_dtype: str = "bf16", delta_rank: int = 64, delta: float = 0.05, seed: int = 0,
-               progress=None) -> dict:
+               progress=None, tuned_only: bool = False) -> dict:
     """Write the pair; returns ``{"bytes": total bytes written, "seconds": ...}``.
 
-    The files are complete and valid only when this returns; on any error both are removed.
+    ``tuned_only``: write only the tuned file (the base that the same arguments write is
+    deterministic, so an existing one can be paired with a tuned file of another dtype).
+    The files are complete and valid only when this returns; on any error they are removed.
     """
     import torch
 
@@ -95,6 +97,9 @@ def write_pair(shapes: dict[str, tuple[int, ...]], base_path: Path, tuned_path: 
     files = []
     try:
         for path, dtype in ((base_path, base_dtype), (tuned_path, tuned_dtype)):
+            if tuned_only and path == base_path:
+                files.append(open(os.devnull, "wb"))  # closed with the others
+                continue
             header, offset = {}, 0
             for key in keys:
                 name, size = DTYPES[_dtype_of(shapes[key], dtype)]
@@ -134,14 +139,16 @@ def write_pair(shapes: dict[str, tuple[int, ...]], base_path: Path, tuned_path: 
                 progress(i + 1, len(keys), key)
         for f in files:
             f.flush()
-            os.fsync(f.fileno())
-            # Written pages are clean now; dropping them keeps this run from filling the page cache.
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            if f.name != os.devnull:
+                os.fsync(f.fileno())
+                # Written pages are clean now; dropping them keeps this run from filling the page cache.
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             f.close()
     except BaseException:
         for f in files:
             f.close()
-        base_path.unlink(missing_ok=True)
+        if not tuned_only:
+            base_path.unlink(missing_ok=True)
         tuned_path.unlink(missing_ok=True)
         raise
     return {"bytes": written, "seconds": time.perf_counter() - t0}
@@ -158,6 +165,7 @@ def main() -> int:
     ap.add_argument("--delta-rank", type=int, default=64, help="components of every layer's delta (default 64)")
     ap.add_argument("--delta", type=float, default=0.05, help="||delta|| / ||W|| per layer (default 0.05)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tuned-only", action="store_true", help="write only tuned.safetensors (same base)")
     args = ap.parse_args()
     shapes = family_shapes(args.family, args.blocks, args.width)
     out = Path(args.out_dir)
@@ -172,7 +180,7 @@ def main() -> int:
             print(f"  {done}/{total} {key}", flush=True)
 
     r = write_pair(shapes, out / "base.safetensors", out / "tuned.safetensors", args.base_dtype, args.tuned_dtype,
-                   args.delta_rank, args.delta, args.seed, progress)
+                   args.delta_rank, args.delta, args.seed, progress, args.tuned_only)
     print(f"wrote {r['bytes'] / 1e9:.1f} GB in {r['seconds']:.0f} s", flush=True)
     return 0
 
