@@ -131,3 +131,24 @@ def test_sd15_1280_channel_convs_report_their_error(tmp_path):
     assert result.plan.family == "sd1"
     errors = check_reported_against_measured(lora, base, tuned, result)
     assert all(e > 0.005 for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_a_bf16_base_with_an_fp8_fine_tune(tmp_path, fp8):
+    # Mixed precisions, as a bf16 release and an fp8 fine-tune of it: the difference is read
+    # exactly (fp8 widened by table, checked here against torch's own conversion through
+    # the measured error), and the report warns that rounding is extracted too.
+    key = "double_blocks.0.img_attn.proj.weight"
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(1024, 1024, generator=g) / 32
+    d = known_delta(1024, 1024, torch.arange(1.0, 129.0).double() ** -1.0, 3).float()
+    d *= 0.2 * float(w.norm()) / float(d.norm())
+    save_file({key: w.to(torch.bfloat16)}, str(tmp_path / "base.safetensors"))
+    save_file({key: (w + d).to(fp8)}, str(tmp_path / "tuned.safetensors"))
+    base, tuned, lora = tmp_path / "base.safetensors", tmp_path / "tuned.safetensors", tmp_path / "lora.safetensors"
+    result = extract_files(str(base), str(tuned), str(lora), Options(value=16, max_rank=16))
+    assert "different precisions" in result.plan.summary(16, 8, 2) and "8-bit float" in result.plan.summary(16, 8, 2)
+    check_reported_against_measured(lora, base, tuned, result)
+    (s,) = result.layers
+    true = (w + d).to(fp8).float() - w.to(torch.bfloat16).float()
+    assert s.norm == pytest.approx(float(true.double().norm()), rel=1e-6)
