@@ -27,9 +27,9 @@ def known_delta(m: int, n: int, spectrum: torch.Tensor, seed: int) -> torch.Tens
     """``U diag(spectrum) V^T`` with orthonormal U (m, k), V (n, k): its singular values are ``spectrum``."""
     g = torch.Generator().manual_seed(seed)
     k = len(spectrum)
-    u, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
-    return (u * spectrum) @ v.T
+    u, _ = torch.linalg.qr(torch.randn(m, k, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, k, generator=g))
+    return (u * spectrum.float()) @ v.T
 
 
 def optimum(spectrum: torch.Tensor, r: int) -> float:
@@ -42,7 +42,7 @@ def write_pair(tmp_path, layers: dict[str, tuple[tuple, torch.Tensor]], dtype: t
     base, tuned = {}, {}
     for i, (key, (shape, delta)) in enumerate(layers.items()):
         g = torch.Generator().manual_seed(100 + i)
-        w = torch.randn(shape, generator=g, dtype=torch.float64) / math.sqrt(math.prod(shape[1:]))
+        w = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
         # scale each delta to 5 % of its weight, as a fine-tune's
         d = delta * (0.05 * float(w.norm()) / float(delta.norm()))
         base[key] = w.to(dtype)
@@ -97,7 +97,6 @@ FLUX_SPECTRA = {
     "double_blocks.0.txt_attn.proj.weight": ((3072, 3072), torch.arange(1.0, 513.0) ** -1.0),
     # the 3072 x 12288 shape whose float32 energy lost 0.5 %
     "double_blocks.0.img_mlp.2.weight": ((3072, 12288), torch.arange(1.0, 513.0) ** -1.0),
-    "single_blocks.0.linear2.weight": ((3072, 15360), torch.arange(1.0, 385.0) ** -0.8),
 }
 
 
@@ -141,7 +140,7 @@ def test_a_bf16_base_with_an_fp8_fine_tune(tmp_path, fp8):
     key = "double_blocks.0.img_attn.proj.weight"
     g = torch.Generator().manual_seed(7)
     w = torch.randn(1024, 1024, generator=g) / 32
-    d = known_delta(1024, 1024, torch.arange(1.0, 129.0).double() ** -1.0, 3).float()
+    d = known_delta(1024, 1024, torch.arange(1.0, 129.0) ** -1.0, 3)
     d *= 0.2 * float(w.norm()) / float(d.norm())
     save_file({key: w.to(torch.bfloat16)}, str(tmp_path / "base.safetensors"))
     save_file({key: (w + d).to(fp8)}, str(tmp_path / "tuned.safetensors"))
