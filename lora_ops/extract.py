@@ -255,14 +255,13 @@ _TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.floa
 class FileSource(TensorSource):
     """A .safetensors checkpoint, validated (complete file, no pickle) before anything else.
 
-    Tensors are read with ``os.pread`` into their own buffers, one at a time, rather than
+    Tensors are read with ``os.pread``, one at a time, into one reused buffer rather than
     through a memory map: a map leaves every page it touched counted in the process's
     resident memory, which for two checkpoints is their whole size. The tensor returned by
-    :meth:`get_tensor` shares the source's read buffer: it is valid until the next call. The
-    SHA-256 of the file
-    is computed from those same reads when they come in file order (the bytes between
-    tensors are read for it as they are passed), so :meth:`digest` costs a second read only
-    of what was skipped or read out of order.
+    :meth:`get_tensor` shares that buffer: it is valid until the next call. The SHA-256 of
+    the file is computed from those same reads when they come in file order (the bytes
+    between tensors are read for it as they are passed), so :meth:`digest` costs a second
+    read only of what was skipped or read out of order.
     """
 
     def __init__(self, path: str):
