@@ -72,6 +72,16 @@ def delta_spectrum(k: int) -> list[float]:
     return [1.0 / i for i in range(1, k + 1)]
 
 
+def _orthonormal(rows: int, k: int, g):
+    """``rows x k`` orthonormal columns from a Gaussian matrix, by Cholesky QR in float64 (a
+    Gaussian block is well conditioned; LAPACK's tall-thin QR is slow on a busy machine)."""
+    import torch
+
+    y = torch.randn(rows, k, generator=g).double()
+    r = torch.linalg.cholesky(y.T @ y, upper=True)
+    return torch.linalg.solve_triangular(r, y, upper=True, left=False).float()
+
+
 def _dtype_of(shape: tuple, dtype: str) -> str:
     return "bf16" if dtype == "fp8" and len(shape) < 2 else dtype
 
@@ -125,8 +135,7 @@ def write_pair(shapes: dict[str, tuple[int, ...]], base_path: Path, tuned_path: 
                 m, n = shape[0], math.prod(shape[1:])
                 k = min(delta_rank, m, n)
                 gk = torch.Generator().manual_seed(seed * 1_000_003 + h)
-                u, _ = torch.linalg.qr(torch.randn(m, k, generator=gk))
-                v, _ = torch.linalg.qr(torch.randn(n, k, generator=gk))
+                u, v = _orthonormal(m, k, gk), _orthonormal(n, k, gk)
                 s = torch.tensor(delta_spectrum(k))
                 # u and v have orthonormal columns, so ||d||_F = ||s||: scale s, not the product.
                 s *= delta * float(torch.linalg.vector_norm(base)) / float(torch.linalg.vector_norm(s))
