@@ -45,19 +45,21 @@ class Factors:
 def _orth(y: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis of the columns of each ``y`` (B, rows, l), float32.
 
-    Built from the l x l Gram matrix in float64 (eigendecomposition, twice, as CholeskyQR2
-    is), not by Householder QR: LAPACK's QR of a tall, thin matrix is panel-by-panel BLAS-2
-    work that took 50-1000 ms per 12288 x 40 block on a busy 2-core machine, against ~1 ms
-    for the two matrix products here. Directions whose eigenvalue is below 1e-13 of the
+    Built from the l x l Gram matrix (its eigendecomposition in float64), twice, as
+    CholeskyQR2 is, not by Householder QR: LAPACK's QR of a tall, thin matrix is
+    panel-by-panel BLAS-2 work that took 50-1000 ms per 12288 x 40 block on a busy 2-core
+    machine, against ~1 ms for the two float32 matrix products here. The first pass leaves
+    columns nearly orthonormal, the second makes them so to float32 precision. ``y`` is
+    always a product with an orthonormal (or Gaussian) block, so its condition number is
+    that of one power of the spectrum; directions whose eigenvalue is below 1e-12 of the
     largest (an exactly rank-deficient ``y``) become zero columns instead of noise.
     """
-    yd = y.double()
     for _ in range(2):
-        lam, v = torch.linalg.eigh(yd.transpose(-1, -2) @ yd)
-        floor = lam[..., -1:].clamp_min(1e-300) * 1e-13
+        lam, v = torch.linalg.eigh((y.transpose(-1, -2) @ y).double())
+        floor = lam[..., -1:].clamp_min(1e-300) * 1e-12
         scale = torch.where(lam > floor, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
-        yd = yd @ (v * scale[..., None, :])
-    return yd.to(y.dtype)
+        y = y @ (v * scale[..., None, :]).to(y.dtype)
+    return y
 
 
 def _small_svd(small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
