@@ -4,12 +4,20 @@
 so at most ``batch`` layers of the same shape are in memory at once (peak memory is
 O(largest layer x batch), never O(model)); forms each difference in float32 whatever the
 stored dtype; factorises it (randomized subspace iteration by default, exact SVD on
-request; same-shape layers batched; on CUDA when asked, falling back to the CPU when the
-GPU runs out of memory); chooses each layer's rank by policy; and writes kohya-named
+request; adjacent same-shape layers batched; on CUDA when asked, falling back to the CPU
+when the GPU runs out of memory); chooses each layer's rank by policy; and writes kohya-named
 ``lora_up``/``lora_down``/``alpha`` tensors (an exact pair of full rank where low-rank factors
 would be larger than the difference itself; never a ``.diff`` entry, which diffusers cannot
-read) to a temporary file, which is re-opened and checked against the in-memory
-reconstruction before it is renamed into place.
+read) to a temporary file, which is re-read and checked byte for byte before it is renamed
+into place.
+
+Memory and time at 12-20 B parameters: a reader thread reads both files in file order
+(sequential I/O) and forms the next differences while the current ones are factorised, at
+most two batches at a time; the files' SHA-256 is computed from the same reads (no second
+pass); factors are streamed to a spill file as they are made, so nothing grows with the
+model. Each layer's reported error is measured on the factors as stored (after rounding to
+fp16/bf16), ``||dW - up @ down||_F / ||dW||_F`` with float64 sums, so the figures in the
+report and the metadata are those of the file.
 
 The up/down split is balanced (``sqrt(S)`` on each factor, so both stay in fp16 range) and
 ``alpha`` equals the rank (scale 1). No clamping: clamping the factors to a quantile, as
@@ -22,6 +30,8 @@ import hashlib
 import json
 import math
 import os
+import queue
+import shutil
 import threading
 import time
 import zlib
@@ -29,14 +39,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
 
 from . import __version__
 from .extract_plan import Layer, Plan, PlanError, make_plan
 from .safetensors_io import SafetensorsError, read_header
-from .svd import Factors, choose_rank, exact_svd, randomized_svd, relative_errors
+from .svd import Factors, choose_rank, exact_svd, randomized_svd, residual_squared_norm, squared_norms
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1", "sd3": "sd3",
@@ -211,8 +221,10 @@ ProgressFn = Callable[[int, int, str], None]
 
 class TensorSource:
     """Where an extraction reads one model from: ``header()`` maps checkpoint-style keys to
-    (dtype name, shape); ``get_tensor(key)`` returns one tensor. ``path`` names a file to hash
-    (None for in-memory models). Use as a context manager."""
+    (dtype name, shape); ``get_tensor(key)`` returns one tensor; ``offset(key)`` orders the
+    reads (a file's byte offset; 0 when order does not matter); ``digest()`` is the SHA-256
+    of the file read (None for in-memory models). ``path`` names the file (None for models).
+    Use as a context manager; ``get_tensor`` is called from one reader thread."""
 
     path: str | None = None
     label: str = ""
@@ -222,6 +234,12 @@ class TensorSource:
 
     def get_tensor(self, key: str) -> torch.Tensor:
         raise NotImplementedError
+
+    def offset(self, key: str) -> int:
+        return 0
+
+    def digest(self) -> str | None:
+        return None
 
     def __enter__(self):
         return self
@@ -238,9 +256,13 @@ _TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.floa
 class FileSource(TensorSource):
     """A .safetensors checkpoint, validated (complete file, no pickle) before anything else.
 
-    Tensors are read with ``os.pread`` into their own buffers, one at a time, rather than
+    Tensors are read with ``os.pread``, one at a time, into one reused buffer rather than
     through a memory map: a map leaves every page it touched counted in the process's
-    resident memory, which for two checkpoints is their whole size.
+    resident memory, which for two checkpoints is their whole size. The tensor returned by
+    :meth:`get_tensor` shares that buffer: it is valid until the next call. The SHA-256 of
+    the file is computed from those same reads when they come in file order (the bytes
+    between tensors are read for it as they are passed), so :meth:`digest` costs a second
+    read only of what was skipped or read out of order.
     """
 
     def __init__(self, path: str):
@@ -253,17 +275,45 @@ class FileSource(TensorSource):
             raise ExtractError(str(e)) from None
         self.path = self.label = str(path)
         self._fd = None
+        self._sha = hashlib.sha256()
+        self._hashed = 0  # bytes of the file hashed so far, from its start
 
     def header(self):
         return {k: (t.dtype, t.shape) for k, t in self._h.tensors.items()}
 
+    def offset(self, key: str) -> int:
+        return self._h.data_start + self._h.tensors[key].begin
+
     def __enter__(self):
         self._fd = os.open(self.path, os.O_RDONLY)
+        self._sha, self._hashed, self._buf = hashlib.sha256(), 0, bytearray()
         return self
 
     def __exit__(self, *exc):
         os.close(self._fd)
-        self._fd = None
+        self._fd, self._buf = None, bytearray()
+
+    def _read(self, offset: int, nbytes: int, what: str, buf: bytearray | None = None) -> bytearray:
+        buf = bytearray(nbytes) if buf is None else buf
+        view = memoryview(buf)[:nbytes]
+        while view:
+            got = os.preadv(self._fd, [view], offset)
+            if got <= 0:
+                raise ExtractError(f"{self.path}: the file ended while reading {what}; was it changed during "
+                                   "extraction? Run again")
+            view, offset = view[got:], offset + got
+        return buf
+
+    def _hash_to(self, offset: int) -> None:
+        while self._hashed < offset:
+            n = min(16 * 2**20, offset - self._hashed)
+            self._sha.update(self._read(self._hashed, n, "its header and small tensors"))
+            self._hashed += n
+
+    def digest(self) -> str:
+        """SHA-256 of the whole file (lower-case hex); call while open, after the reads."""
+        self._hash_to(self._h.file_size)
+        return self._sha.hexdigest()
 
     def get_tensor(self, key):
         info = self._h.tensors[key]
@@ -271,33 +321,20 @@ class FileSource(TensorSource):
         if dtype is None:
             raise ExtractError(f"{self.path}: tensor {key} has dtype {info.dtype}, which extraction cannot read; "
                                "convert the checkpoint to fp16, bf16 or fp32")
-        buf = bytearray(info.nbytes)
-        view, offset = memoryview(buf), self._h.data_start + info.begin
-        while view:
-            got = os.preadv(self._fd, [view], offset)
-            if got <= 0:
-                raise ExtractError(f"{self.path}: the file ended while reading {key}; was it changed during "
-                                   "extraction? Run again")
-            view, offset = view[got:], offset + got
+        start = self._h.data_start + info.begin
+        self._hash_to(start)
         if not info.nbytes:
             return torch.empty(info.shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
-
-
-def _sha256(path: str, out: dict, stop: threading.Event) -> None:
-    """SHA-256 of a file into ``out[path]`` (lower-case hex); gives up when ``stop`` is set
-    (the extraction failed or was cancelled) or the file cannot be read. Only SHA-256: the
-    other hashes of :mod:`lora_ops.hashing` would cost a second full pass here."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(8 * 2**20):
-                if stop.is_set():
-                    return
-                h.update(chunk)
-    except OSError:
-        return
-    out[path] = h.hexdigest()
+        # One read buffer, reused (grown to the largest tensor): a fresh buffer per tensor
+        # leaves the allocator holding freed ones, and resident memory creeps with the model.
+        if len(self._buf) < info.nbytes:
+            self._buf = bytearray(info.nbytes)
+        self._read(start, info.nbytes, key, self._buf)
+        view = memoryview(self._buf)[:info.nbytes]
+        if start == self._hashed:  # in file order: these bytes are the next ones of the hash
+            self._sha.update(view)
+            self._hashed += info.nbytes
+        return torch.frombuffer(view, dtype=dtype).reshape(info.shape)
 
 
 def plan_sources(base: TensorSource, tuned: TensorSource, text_encoders: bool = True) -> Plan:
@@ -348,13 +385,16 @@ def _device(name: str) -> torch.device:
     raise ExtractError(f"device {name!r}: use auto, cpu or cuda")
 
 
-def _factorise(a: torch.Tensor, layers: list[Layer], opts: Options, device: torch.device) -> Factors:
+def _factorise(a: torch.Tensor, energy: torch.Tensor, layers: list[Layer], opts: Options,
+               device: torch.device) -> tuple[Factors, torch.Tensor]:
+    """The factors of the batch ``a`` and ``a`` itself on ``device`` (for the error measurement)."""
     k = opts.max_rank if opts.policy != "rank" else min(int(opts.value), opts.max_rank)
+    a = a.to(device)
     if opts.algorithm == "exact":
-        return exact_svd(a.to(device))
+        return exact_svd(a, energy), a
     gens = [torch.Generator().manual_seed(((opts.seed * 1_000_003) ^ zlib.crc32(layer.name.encode())) % 2**63)
             for layer in layers]
-    return randomized_svd(a.to(device), k, opts.oversample, opts.niter, gens)
+    return randomized_svd(a, k, opts.oversample, opts.niter, gens, energy), a
 
 
 def extract_files(base: str, tuned: str, out_path: str, opts: Options | None = None,
@@ -374,7 +414,8 @@ def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts
     raise (e.g. :class:`Cancelled`) to stop, and then nothing is left on disk. Raises
     :class:`ExtractError` for inputs that cannot give a LoRA (different families, no shared
     layers, a non-finite difference, naming its key), and for a written file that does not
-    read back as computed.
+    read back as computed. Memory: at most two batches of differences (``batch_bytes`` each,
+    float32) plus one layer's factorisation, whatever the model size.
     """
     opts = opts or Options()
     opts.check()
@@ -382,131 +423,207 @@ def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts
     t_start = time.perf_counter()
     _check_output(out_path, [p for p in (base_src.path, tuned_src.path) if p])
     plan = plan_sources(base_src, tuned_src, opts.text_encoders)
-    hashes: dict[str, str] = {}
-    stop_hashing = threading.Event()
-    hashers = [threading.Thread(target=_sha256, args=(p, hashes, stop_hashing), daemon=True)
-               for p in (base_src.path, tuned_src.path) if p]
-    for t in hashers:
-        t.start()
-    try:
-        return _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, hashes, hashers, t_start)
-    finally:
-        stop_hashing.set()  # no-op after success: both hashes are in by then
-        for t in hashers:
-            t.join()
+    return _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, t_start)
 
 
-def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, hashes, hashers, t_start) -> Result:
-    base, tuned = base_src.label, tuned_src.label
-    device = _device(opts.device)
-    out_dtype = DTYPES[opts.dtype]
-    tensors: dict[str, torch.Tensor] = {}
-    expected: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # fp32 factors, for the check
-    stats: list[LayerStats] = []
-
-    # Same-shape layers next to each other, so they can be batched.
-    order = sorted(plan.layers, key=lambda layer: (layer.matrix_shape, layer.name))
-    total = len(order)
-    done = 0
-    with base_src as fb, tuned_src as ft:
-        i = 0
-        while i < total:
-            shape = order[i].matrix_shape
-            per_layer = 4 * shape[0] * shape[1]
-            limit = max(1, min(opts.batch, opts.batch_bytes // max(per_layer, 1)))
-            chunk = [order[i]]
-            while i + len(chunk) < total and len(chunk) < limit and order[i + len(chunk)].matrix_shape == shape:
-                chunk.append(order[i + len(chunk)])
-            t0 = time.perf_counter()
-            # One buffer for the batch, filled difference by difference: no second copy.
-            a = torch.empty((len(chunk), *shape), dtype=torch.float32)
-            kept: list[Layer] = []
-            for layer in chunk:
-                d = _difference(fb, ft, layer, base, tuned)
-                if d is None:
-                    stats.append(LayerStats(layer.name, layer.block, shape, 0, 0.0, 1.0, 0.0, 0.0))
-                    continue
-                a[len(kept)].copy_(d)
-                kept.append(layer)
-                del d
-            if kept:
-                a = a[: len(kept)]
-                try:
-                    f = _factorise(a, kept, opts, device)
-                except torch.OutOfMemoryError:
-                    f = _factorise(a, kept, opts, torch.device("cpu"))
-                seconds = (time.perf_counter() - t0) / len(kept)
-                for j, layer in enumerate(kept):
-                    stats.append(_store(layer, a[j], f, j, opts, out_dtype, tensors, expected, seconds))
-                del f
-            del a
-            i += len(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total, chunk[-1].name)
-    for t in hashers:
-        t.join()
-    if not any(s.rank != 0 for s in stats):
-        raise ExtractError(f"{tuned} and {base}: no layer a LoRA can hold differs between them (only biases, "
-                           "norm scales, the VAE, unpaired weights or excluded text-encoder weights may differ); "
-                           "there is no LoRA to extract")
-    metadata = _metadata(plan, opts, stats, hashes, base_src, tuned_src, title or Path(out_path).stem)
-    _write_checked(out_path, tensors, expected, metadata, opts.dtype)
-    return Result(str(out_path), plan, stats, time.perf_counter() - t_start, metadata, opts)
+# float8 -> float32 by table: torch's own conversion runs at ~70 M values/s on a CPU core,
+# a 256-entry lookup at ~550 M/s (20 B values per Qwen-Image file).
+_FP8_TABLES = {dt: torch.arange(256, dtype=torch.uint8).view(dt).float().numpy()
+               for dt in (torch.float8_e4m3fn, torch.float8_e5m2)}
 
 
-def _difference(fb, ft, layer: Layer, base: str, tuned: str) -> torch.Tensor | None:
-    """tuned - base of one layer as a float32 (rows, columns) matrix; None when identical."""
+def _as_float32(t: torch.Tensor) -> torch.Tensor:
+    table = _FP8_TABLES.get(t.dtype)
+    if table is None:
+        return t  # float16/bfloat16/float32 are widened inside the copy/subtraction
+    return torch.from_numpy(table[t.contiguous().view(torch.uint8).numpy()]).reshape(t.shape)
+
+
+def _difference_into(out: torch.Tensor, fb: TensorSource, ft: TensorSource, layer: Layer, base: str,
+                     tuned: str) -> float | None:
+    """Write tuned - base of one layer into ``out`` (float32, rows x columns); return its
+    squared Frobenius norm (float64 sum), or None when the layer is unchanged."""
     a = fb.get_tensor(layer.base_key)
     b = ft.get_tensor(layer.tuned_key)
     if layer.rows is not None:
         a, b = a[layer.rows[0]:layer.rows[1]], b[layer.rows[0]:layer.rows[1]]
-    d = b.to(torch.float32) - a.to(torch.float32)
-    if not torch.isfinite(d).all():
-        bad = base if not torch.isfinite(a.to(torch.float32)).all() else tuned
-        raise ExtractError(f"{layer.tuned_key}: the difference has non-finite values (inf or NaN in {bad}). "
-                           "The file is damaged or was saved with overflowing values; re-save or re-download it")
-    if not d.any():
+    out.copy_(_as_float32(b).reshape(out.shape))
+    out.sub_(_as_float32(a).reshape(out.shape))  # widened to float32 element by element
+    energy = float(squared_norms(out[None])[0])
+    if not math.isfinite(energy):
+        if torch.isfinite(out).all():  # finite values whose squares overflow: still a valid difference
+            energy = float(torch.linalg.vector_norm(out.double()) ** 2)
+        else:
+            bad = base if not torch.isfinite(_as_float32(a).float()).all() else tuned
+            raise ExtractError(f"{layer.tuned_key}: the difference has non-finite values (inf or NaN in {bad}). "
+                               "The file is damaged or was saved with overflowing values; re-save or re-download it")
+    if energy == 0 and not out.any():
         return None
-    return d.reshape(d.shape[0], -1)
+    return energy
 
 
-def _store(layer: Layer, d: torch.Tensor, f: Factors, j: int, opts: Options, out_dtype, tensors, expected,
-           seconds: float) -> LayerStats:
+class _Reader(threading.Thread):
+    """Reads the layers in ``order`` and forms their differences, batch by batch, ahead of
+    the factorisation: ``items`` receives ``(layers, a, kept, energies, buffer)`` per batch
+    (``a``: float32 (len(kept), m, n) holding the changed layers, a view of ``buffer``), then
+    None at the end, or the exception that stopped it. Two buffers exist, reused: the consumer
+    hands each back with :meth:`done`."""
+
+    def __init__(self, order: list[Layer], fb: TensorSource, ft: TensorSource, base: str, tuned: str,
+                 opts: Options):
+        super().__init__(daemon=True, name="lora-extract-reader")
+        self.order, self.fb, self.ft, self.base, self.tuned, self.opts = order, fb, ft, base, tuned, opts
+        self.items: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        # Two float32 buffers, reused: one is factorised while the other is filled.
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(2):
+            self._free.put(torch.empty(0, dtype=torch.float32))
+
+    def done(self, buffer: torch.Tensor) -> None:
+        """Hand a batch's buffer back for the next batch."""
+        self._free.put(buffer)
+
+    def run(self) -> None:
+        try:
+            order, total, i = self.order, len(self.order), 0
+            while i < total:
+                shape = order[i].matrix_shape
+                limit = max(1, min(self.opts.batch, self.opts.batch_bytes // max(4 * shape[0] * shape[1], 1)))
+                chunk = [order[i]]
+                while i + len(chunk) < total and len(chunk) < limit and order[i + len(chunk)].matrix_shape == shape:
+                    chunk.append(order[i + len(chunk)])
+                buffer = None
+                while buffer is None:
+                    if self.stop.is_set():
+                        return
+                    try:
+                        buffer = self._free.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                need = len(chunk) * shape[0] * shape[1]
+                if buffer.numel() < need:
+                    del buffer  # freed before its larger replacement is allocated
+                    buffer = torch.empty(need, dtype=torch.float32)
+                # The batch is filled difference by difference: no second copy.
+                a = buffer[:need].view(len(chunk), *shape)
+                kept, energies = [], []
+                for layer in chunk:
+                    e = _difference_into(a[len(kept)], self.fb, self.ft, layer, self.base, self.tuned)
+                    if e is not None:
+                        kept.append(layer)
+                        energies.append(e)
+                self.items.put((chunk, a[: len(kept)], kept, energies, buffer))
+                i += len(chunk)
+            self.items.put(None)
+        except BaseException as e:  # handed to the consumer, which raises it
+            self.items.put(e)
+
+
+def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, t_start) -> Result:
+    base, tuned = base_src.label, tuned_src.label
+    device = _device(opts.device)
+    out_dtype = DTYPES[opts.dtype]
+    stats: list[LayerStats] = []
+    total = len(plan.layers)
+    done = 0
+    writer = _LoraWriter(out_path)
+    try:
+        with base_src as fb, tuned_src as ft:
+            # File order, so both files are read sequentially (and hashed from the same reads);
+            # adjacent same-shape layers are batched.
+            order = sorted(plan.layers, key=lambda layer: (ft.offset(layer.tuned_key), fb.offset(layer.base_key),
+                                                           layer.rows or (0, 0)))
+            reader = _Reader(order, fb, ft, base, tuned, opts)
+            reader.start()
+            try:
+                while (item := reader.items.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    chunk, a, kept, energies, buffer = item
+                    t0 = time.perf_counter()
+                    stats += [LayerStats(layer.name, layer.block, layer.matrix_shape, 0, 0.0, 1.0, 0.0, 0.0)
+                              for layer in chunk if layer not in kept]
+                    if kept:
+                        energy = torch.tensor(energies, dtype=torch.float64)
+                        try:
+                            f, a_dev = _factorise(a, energy, kept, opts, device)
+                        except torch.OutOfMemoryError:
+                            f, a_dev = _factorise(a, energy, kept, opts, torch.device("cpu"))
+                        for j, layer in enumerate(kept):
+                            stats.append(_store(layer, a_dev[j], f, j, energies[j], opts, out_dtype, writer,
+                                                (time.perf_counter() - t0) / len(kept)))
+                        del f, a_dev
+                    del a, item
+                    reader.done(buffer)
+                    del buffer
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total, chunk[-1].name)
+            finally:
+                reader.stop.set()
+                reader.join()
+            hashes = {src.path: src.digest() for src in (fb, ft) if src.path}
+        if not any(s.rank != 0 for s in stats):
+            raise ExtractError(f"{tuned} and {base}: no layer a LoRA can hold differs between them (only biases, "
+                               "norm scales, the VAE, unpaired weights or excluded text-encoder weights may differ); "
+                               "there is no LoRA to extract")
+        metadata = _metadata(plan, opts, stats, hashes, base_src, tuned_src, title or Path(out_path).stem)
+        writer.finish(metadata)
+    finally:
+        writer.discard()
+    return Result(str(out_path), plan, stats, time.perf_counter() - t_start, metadata, opts)
+
+
+def _store(layer: Layer, d: torch.Tensor, f: Factors, j: int, energy: float, opts: Options, out_dtype,
+           writer: _LoraWriter, seconds: float) -> LayerStats:
+    """Choose the rank, round the factors to ``out_dtype``, measure their error against the
+    difference ``d`` (float32 (m, n), on the factors' device) and stream them to ``writer``."""
     s = f.S[j].cpu()
-    energy = float(f.energy[j])
     m, n = d.shape
     rank = choose_rank(opts.policy, opts.value, s, energy, opts.max_rank)
-    errors = relative_errors(s[:rank], energy)
     spectrum = (torch.cumsum(s.double().square(), 0) / energy).tolist() if energy else []
-    whole = rank * (m + n) >= m * n
-    if whole:
+    if rank * (m + n) >= m * n:
         # The factors would be larger than the difference itself: store it whole and exact, as
         # a pair of full rank (the difference times an identity), not as a ``.diff`` entry,
         # which diffusers and kohya-style loaders cannot read.
-        rank = min(m, n)
-        eye = torch.eye(rank, dtype=torch.float32)
-        up, down = (eye, d.clone()) if m <= n else (d.clone(), eye)
+        whole, rank = True, min(m, n)
+        eye = torch.eye(rank, dtype=out_dtype, device=d.device)
+        full = d.to(out_dtype)
+        up, down = (eye, full) if m <= n else (full, eye)
     else:
-        root = s[:rank].sqrt()
-        up = (f.U[j][:, :rank].cpu() * root).contiguous()
-        down = (root[:, None] * f.Vh[j][:rank].cpu()).contiguous()
+        whole = False
+        root = f.S[j][:rank].sqrt()
+        up = (f.U[j][:, :rank] * root).to(out_dtype)
+        down = (root[:, None] * f.Vh[j][:rank]).to(out_dtype)
+    _check_finite(layer, up, opts.dtype)
+    _check_finite(layer, down, opts.dtype)
+    # The error of the file: measured on the rounded factors, not derived from the spectrum.
+    error = math.sqrt(residual_squared_norm(d, up.float(), down.float()) / energy)
     kernel = layer.shape[2:]
-    tensors[f"{layer.name}.lora_up.weight"] = up.reshape(m, rank, *([1] * len(kernel))).to(out_dtype)
-    tensors[f"{layer.name}.lora_down.weight"] = down.reshape(rank, *layer.shape[1:]).to(out_dtype)
-    tensors[f"{layer.name}.alpha"] = torch.tensor(float(rank), dtype=torch.float32)
-    expected[layer.name] = (up, down)
-    if whole:
-        return LayerStats(layer.name, layer.block, (m, n), -1, 0.0, 1.0, math.sqrt(energy), seconds, spectrum)
-    return LayerStats(layer.name, layer.block, (m, n), rank, errors[rank], 1 - errors[rank] ** 2,
+    writer.add(f"{layer.name}.lora_up.weight", up.cpu().reshape(m, rank, *([1] * len(kernel))))
+    writer.add(f"{layer.name}.lora_down.weight", down.cpu().reshape(rank, *layer.shape[1:]))
+    writer.alpha(f"{layer.name}.alpha", float(rank))
+    return LayerStats(layer.name, layer.block, (m, n), -1 if whole else rank, error, 1 - error**2,
                       math.sqrt(energy), seconds, spectrum)
+
+
+def _check_finite(layer: Layer, t: torch.Tensor, dtype: str) -> None:
+    if not torch.isfinite(t).all():
+        raise ExtractError(f"{layer.name}: the LoRA factors overflow {dtype} (the difference is too large for "
+                           "it); choose bf16 factors")
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.6g}")
 
 
 def _metadata(plan: Plan, opts: Options, stats: list[LayerStats], hashes: dict, base: TensorSource,
               tuned: TensorSource, title: str) -> dict[str, str]:
     ranks = {s.rank for s in stats if s.rank > 0}
     dim = str(next(iter(ranks))) if len(ranks) == 1 else "Dynamic"
-    per_layer = {s.name: [s.rank, round(s.error, 6), round(s.norm, 6)] for s in stats if s.rank != 0}
+    # 6 significant digits: a small error must not round to 0.
+    per_layer = {s.name: [s.rank, _sig(s.error), _sig(s.norm)] for s in stats if s.rank != 0}
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": dim,
@@ -532,33 +649,81 @@ def _metadata(plan: Plan, opts: Options, stats: list[LayerStats], hashes: dict, 
     }
 
 
-# How far a module may read back from its float32 reconstruction: the rounding of the
-# stored dtype (fp16 keeps 11 significant bits, bf16 8), with margin.
-READBACK_LIMIT = {"fp16": 1e-3, "bf16": 8e-3}
+_ST_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
 
 
-def _write_checked(out_path: str, tensors: dict, expected: dict, metadata: dict, dtype: str = "fp16") -> None:
-    """Write to a hidden temporary name beside ``out_path``, check every module reads back
-    within :data:`READBACK_LIMIT` (relative) of the in-memory float32 reconstruction, then
-    rename into place. The bytes are written by this function, so an interruption can only
-    leave the hidden ``.partial`` file, never a file under the real name."""
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    limit = READBACK_LIMIT[dtype]
-    try:
-        tmp.write_bytes(save(tensors, metadata=metadata))
-        with safe_open(str(tmp), "pt") as f:
-            for name, (up, down) in expected.items():
-                got = (f.get_tensor(f"{name}.lora_up.weight").float().flatten(1)
-                       @ f.get_tensor(f"{name}.lora_down.weight").float().flatten(1))
-                want = up @ down
-                scale = float(torch.linalg.norm(want)) or 1.0
-                err = float(torch.linalg.norm(got - want)) / scale
-                if err > limit:
-                    raise ExtractError(f"{name}: the written file reads back {err:.2e} away from the computed LoRA "
-                                       f"(limit {limit:g} for {dtype}); nothing was saved. Please report this "
-                                       "with the two checkpoints' names")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+class _LoraWriter:
+    """Streams a LoRA's tensors to a hidden spill file as they are made, then assembles the
+    safetensors file (header, the ``alpha`` scalars, the spilled tensors) under a hidden
+    ``.partial`` name beside ``out_path``, re-reads it and renames it into place. Memory is
+    one tensor, whatever the LoRA's size. ``alpha`` scalars (float32) go first so that every
+    tensor stays aligned to its element size. Nothing is left under the real name unless
+    :meth:`finish` succeeds; :meth:`discard` removes the hidden files in every case."""
+
+    def __init__(self, out_path: str):
+        self.out = Path(out_path)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        stem = f".{self.out.name}.{os.getpid()}.{threading.get_ident()}"
+        self.body_path = self.out.with_name(stem + ".body")
+        self.tmp = self.out.with_name(stem + ".partial")
+        self._body = open(self.body_path, "wb")  # closed in finish() or discard()
+        self._entries: dict[str, tuple[str, list[int], int, int, int]] = {}
+        self._alphas: dict[str, float] = {}
+        self._pos = 0
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        data = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._body.write(memoryview(data))
+        self._entries[name] = (_ST_DTYPES[t.dtype], list(t.shape), self._pos, self._pos + data.nbytes,
+                               zlib.crc32(data))
+        self._pos += data.nbytes
+
+    def alpha(self, name: str, value: float) -> None:
+        self._alphas[name] = value
+
+    def finish(self, metadata: dict[str, str]) -> None:
+        self._body.close()
+        alphas = np.array(list(self._alphas.values()), dtype="<f4").tobytes()
+        header: dict = {"__metadata__": metadata}
+        expect: dict[str, tuple[int, int, int]] = {}
+        for i, name in enumerate(self._alphas):
+            header[name] = {"dtype": "F32", "shape": [], "data_offsets": [4 * i, 4 * i + 4]}
+            expect[name] = (4 * i, 4 * i + 4, zlib.crc32(alphas[4 * i:4 * i + 4]))
+        for name, (dt, shape, begin, end, crc) in self._entries.items():
+            offsets = [len(alphas) + begin, len(alphas) + end]
+            header[name] = {"dtype": dt, "shape": shape, "data_offsets": offsets}
+            expect[name] = (*offsets, crc)
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(self.tmp, "wb") as out, open(self.body_path, "rb") as body:
+            out.write(len(raw).to_bytes(8, "little") + raw + alphas)
+            shutil.copyfileobj(body, out, 16 * 2**20)
+        self._verify(expect, metadata)
+        os.replace(self.tmp, self.out)
+
+    def _verify(self, expect: dict[str, tuple[int, int, int]], metadata: dict[str, str]) -> None:
+        """Every tensor reads back with the bytes written (CRC-32), through both our strict
+        header check and the safetensors library."""
+        try:
+            h = read_header(self.tmp)
+            with safe_open(str(self.tmp), "pt") as f:
+                names, meta = set(f.keys()), f.metadata()
+        except (SafetensorsError, OSError) as e:
+            raise ExtractError(f"{self.out}: the written file does not read back ({e}); nothing was saved. Check "
+                               "the disk (space, errors) and run again") from None
+        bad = sorted(set(expect) ^ names) or [k for k, v in metadata.items() if meta.get(k) != v][:1]
+        if not bad:
+            with open(self.tmp, "rb") as f:
+                for name, (begin, end, crc) in sorted(expect.items(), key=lambda kv: kv[1][0]):
+                    f.seek(h.data_start + begin)
+                    if zlib.crc32(f.read(end - begin)) != crc:
+                        bad = [name]
+                        break
+        if bad:
+            raise ExtractError(f"{self.out}: the written file does not read back as computed ({bad[0]}); nothing "
+                               "was saved. Check the disk (space, errors) and run again")
+
+    def discard(self) -> None:
+        self._body.close()
+        self.body_path.unlink(missing_ok=True)
+        self.tmp.unlink(missing_ok=True)

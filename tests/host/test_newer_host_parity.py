@@ -24,8 +24,7 @@ def meta_sd15(comfy_host):
     import comfy.model_patcher
     import torch
 
-    m = meta_model("sd15", text_encoder=False)
-    return comfy.model_patcher.ModelPatcher(m.model, load_device=torch.device("cpu"),
+    return comfy.model_patcher.ModelPatcher(meta_model("SD15").model, load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
 
 
