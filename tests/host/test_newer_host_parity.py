@@ -67,6 +67,7 @@ def test_routes_are_registered_from_on_load_once(nodes, monkeypatch):
     asyncio.run(ext.on_load())
     routes = PromptServer.instance.routes
     paths = sorted(r.path for r in routes)
-    assert paths == ["/lora_workbench/blocks", "/lora_workbench/spec", "/lora_workbench/spec/format"]
+    assert paths == ["/lora_workbench/blocks", "/lora_workbench/blocks/{family}", "/lora_workbench/spec",
+                     "/lora_workbench/spec/format"]
     assert len(asyncio.run(ext.get_node_list())) == len(nodes.NODES)
     assert sorted(r.path for r in routes) == paths  # not registered twice
