@@ -156,12 +156,12 @@ class Server:
         self._log.close()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """One real ComfyUI server for the whole session, on a free port, temporary base dir."""
+@contextlib.contextmanager
+def running_server(root: Path, log_name: str, **options):
+    """A started :class:`Server` (``options`` as for it), stopped afterwards, its log kept as
+    ``artifacts/<log_name>``."""
     _require_host()
-    # allow_loopback: the fetching example workflow downloads from the demo mirror on 127.0.0.1.
-    srv = Server(tmp_path_factory.mktemp("server"), settings={"allow_loopback": True})
+    srv = Server(root, **options)
     try:
         srv.wait_ready()
         yield srv
@@ -169,7 +169,15 @@ def server(tmp_path_factory):
         srv.stop()
         artifacts = REPO / "artifacts"
         artifacts.mkdir(exist_ok=True)
-        shutil.copy(srv.log_path, artifacts / "server.log")
+        shutil.copy(srv.log_path, artifacts / log_name)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One real ComfyUI server for the whole session, on a free port, temporary base dir."""
+    # allow_loopback: the fetching example workflow downloads from the demo mirror on 127.0.0.1.
+    with running_server(tmp_path_factory.mktemp("server"), "server.log", settings={"allow_loopback": True}) as srv:
+        yield srv
 
 
 MIRROR_TOKEN = "planted-e2e-token-9f3b1c77"

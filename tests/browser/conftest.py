@@ -11,10 +11,9 @@ import os
 import shutil
 
 import pytest
-from conftest import Server, _require_host, mirror_servers
+from conftest import mirror_servers, running_server
 
 from helpers.browser_page import FLOOR, FRONTENDS, frontend_args, open_page
-from helpers.paths import REPO
 
 
 def chromium_path() -> str | None:
@@ -54,17 +53,9 @@ def fe_server(frontend, request, tmp_path_factory):
     if frontend == FLOOR:
         yield request.getfixturevalue("server")
         return
-    _require_host()
-    srv = Server(tmp_path_factory.mktemp(f"server-{frontend}"), settings={"allow_loopback": True},
-                 args=frontend_args(frontend))
-    try:
-        srv.wait_ready()
+    with running_server(tmp_path_factory.mktemp(f"server-{frontend}"), f"server-{frontend}.log",
+                        settings={"allow_loopback": True}, args=frontend_args(frontend)) as srv:
         yield srv
-    finally:
-        srv.stop()
-        artifacts = REPO / "artifacts"
-        artifacts.mkdir(exist_ok=True)
-        shutil.copy(srv.log_path, artifacts / f"server-{frontend}.log")
 
 
 @pytest.fixture(scope="session")
