@@ -14,48 +14,38 @@ from pathlib import Path
 
 import torch
 
-FULL = {
-    "sd15": {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-             "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-             "use_temporal_attention": False, "use_temporal_resblock": False},
-    "sd2": {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-            "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-            "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-            "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
-            "context_dim": 1024, "num_head_channels": 64,
-            "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-            "use_temporal_attention": False, "use_temporal_resblock": False},
-    "sdxl": {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-             "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
-             "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
-             "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-             "use_temporal_attention": False, "use_temporal_resblock": False},
-    "flux": {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
-             "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 19, "depth_single_blocks": 38,
-             "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True},
-    "wan": {"image_model": "wan2.1", "model_type": "t2v", "dim": 5120, "out_dim": 16, "num_heads": 40,
-            "ffn_dim": 13824, "num_layers": 40, "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1),
-            "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16},
-    "qwen": {"image_model": "qwen_image", "in_channels": 64, "num_layers": 60},
+# Test family -> the host's model class. Full-size configurations come from the pack's one
+# table of them (nodes/host_family_configs.py, what comfy/model_detection.py derives from the
+# published checkpoints); the tiny ones shrink widths and depths on top.
+CLASSES = {"sd15": "SD15", "sd2": "SD20", "sdxl": "SDXL", "flux": "Flux", "wan": "WAN21_T2V", "qwen": "QwenImage"}
+
+_TINY = {
+    # SD1.x: the real layout (4 levels, 2 ResNets each, attention in the first three), narrow.
+    "sd15": {"model_channels": 32, "channel_mult": [1, 2, 2, 2], "context_dim": 32},
+    # SDXL: the real layout (3 levels, attention from the second), narrow and shallow.
+    "sdxl": {"model_channels": 32, "channel_mult": [1, 2, 2], "context_dim": 32, "num_head_channels": 16,
+             "adm_in_channels": 48, "transformer_depth": [0, 0, 1, 1, 2, 2], "transformer_depth_middle": 2,
+             "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2]},
+    "flux": {"hidden_size": 128, "num_heads": 2, "depth": 2, "depth_single_blocks": 2, "axes_dim": [16, 24, 24],
+             "vec_in_dim": 32, "context_in_dim": 48},
+    "wan": {"dim": 128, "num_heads": 2, "ffn_dim": 256, "num_layers": 2, "text_dim": 48},
+    "qwen": {"num_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 48,
+             "axes_dims_rope": (8, 12, 12)},
 }
 
-TINY = {
-    # SD1.x: the real layout (4 levels, 2 ResNets each, attention in the first three), narrow.
-    "sd15": {**FULL["sd15"], "model_channels": 32, "channel_mult": [1, 2, 2, 2], "context_dim": 32},
-    # SDXL: the real layout (3 levels, attention from the second), narrow and shallow.
-    "sdxl": {**FULL["sdxl"], "model_channels": 32, "channel_mult": [1, 2, 2], "context_dim": 32,
-             "num_head_channels": 16, "adm_in_channels": 48, "transformer_depth": [0, 0, 1, 1, 2, 2],
-             "transformer_depth_middle": 2, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2]},
-    "flux": {**FULL["flux"], "hidden_size": 128, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
-             "axes_dim": [16, 24, 24], "vec_in_dim": 32, "context_in_dim": 48},
-    "wan": {**FULL["wan"], "dim": 128, "num_heads": 2, "ffn_dim": 256, "num_layers": 2, "text_dim": 48},
-    "qwen": {**FULL["qwen"], "num_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2,
-             "joint_attention_dim": 48, "axes_dims_rope": (8, 12, 12)},
-}
+
+def full(family: str) -> dict:
+    """The full-size ``unet_config`` of ``family`` (a key of :data:`CLASSES`)."""
+    import comfy.supported_models as sm
+    from lora_workbench.nodes.host_families import configs_of
+
+    return dict(configs_of(getattr(sm, CLASSES[family]))[0][1])
+
+
+def tiny(family: str) -> dict:
+    """A tiny real-architecture ``unet_config`` of ``family``: every kind of layer, small."""
+    return {**full(family), **_TINY[family]}
+
 
 # Diffusion-model files of DiT families are bare (no prefix), checkpoints are prefixed.
 PREFIX = {"sd15": "model.diffusion_model.", "sd2": "model.diffusion_model.", "sdxl": "model.diffusion_model.",
@@ -66,9 +56,7 @@ def model_config(family: str, unet_config: dict):
     """The host's model config object (``supported_models`` class) for ``unet_config``."""
     import comfy.supported_models as sm
 
-    cls = {"sd15": sm.SD15, "sd2": sm.SD20, "sdxl": sm.SDXL, "flux": sm.Flux, "wan": sm.WAN21_T2V,
-           "qwen": sm.QwenImage}[family]
-    return cls(dict(unet_config))
+    return getattr(sm, CLASSES[family])(dict(unet_config))
 
 
 def build(family: str, unet_config: dict, device: str = "cpu"):

@@ -46,7 +46,7 @@ FLUX_TRANSFORMER = {"attention_head_dim": 128, "guidance_embeds": True, "in_chan
                     "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38, "patch_size": 1,
                     "pooled_projection_dim": 768}
 
-# The same reductions as the host-side tiny pairs (helpers.family_models.TINY): widths only.
+# The same reductions as the host-side tiny pairs (helpers.family_models.tiny): widths only.
 SD15_TINY = {**SD15_UNET, "block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32}
 SDXL_TINY = {**SDXL_UNET, "block_out_channels": [32, 64, 64], "attention_head_dim": [2, 4, 4],
              "cross_attention_dim": 32, "transformer_layers_per_block": [1, 1, 2],
@@ -55,7 +55,12 @@ SDXL_TINY = {**SDXL_UNET, "block_out_channels": [32, 64, 64], "attention_head_di
 # widths, one block of each kind, small text/pooled inputs (only the embedders' fan-in shrinks).
 FLUX_REDUCED = {**FLUX_TRANSFORMER, "num_layers": 1, "num_single_layers": 1, "joint_attention_dim": 64,
                 "pooled_projection_dim": 64}
-FLUX_REDUCED_HOST = {**fm.FULL["flux"], "depth": 1, "depth_single_blocks": 1, "context_in_dim": 64, "vec_in_dim": 64}
+FLUX_REDUCED = {"depth": 1, "depth_single_blocks": 1, "context_in_dim": 64, "vec_in_dim": 64}
+
+
+def flux_reduced_host() -> dict:
+    """Flux at real widths with one double and one single block (the host's config)."""
+    return {**fm.full("flux"), **FLUX_REDUCED}
 
 
 CLIP_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
@@ -135,7 +140,7 @@ def test_sd_unets_load_in_diffusers_with_every_module_applied_and_right(comfy_ho
     from safetensors import safe_open
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    host = fm.build(family, fm.TINY[family], device="meta")
+    host = fm.build(family, fm.tiny(family), device="meta")
     # Text encoders as the family's checkpoints store them: SD1.x one HF CLIP, SDXL an HF CLIP-L
     # and an open_clip CLIP-G.
     encoders = ({"text_encoder": _clip_pair("cond_stage_model.transformer.", False, 1)} if family == "sd15" else
@@ -183,7 +188,7 @@ def test_sd_unets_load_in_diffusers_with_every_module_applied_and_right(comfy_ho
         assert max(errors.values()) < 1e-2, (name, errors)
     # The truth in diffusers names, by the host's own LDM -> diffusers map.
     # (The host's map also lists names this UNet lacks, e.g. SD2 unCLIP's class_embedding.)
-    to_ldm = comfy.utils.unet_to_diffusers(fm.TINY[family])
+    to_ldm = comfy.utils.unet_to_diffusers(fm.tiny(family))
     truth = {k: deltas["diffusion_model." + v] for k, v in to_ldm.items()
              if "diffusion_model." + v in deltas and k in weights}
     assert len(truth) == len(deltas)
@@ -200,7 +205,7 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from safetensors import safe_open
 
-    host = fm.build("flux", FLUX_REDUCED_HOST, device="meta")
+    host = fm.build("flux", flux_reduced_host(), device="meta")
     base, tuned, deltas = fm.write_pair("flux", host, tmp_path, dtype=torch.bfloat16, keep_deltas=False)
     out, _ = _extract(tmp_path, base, tuned)
     with safe_open(str(out), "pt") as f:
@@ -221,7 +226,7 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
         FluxPipeline.load_lora_into_transformer(sd, alphas, transformer)
 
     fused = _Fused(transformer, load, zero=True)
-    to_bfl = {k: v for k, v in comfy.utils.flux_to_diffusers(FLUX_REDUCED_HOST).items() if k.endswith(".weight")}
+    to_bfl = {k: v for k, v in comfy.utils.flux_to_diffusers(flux_reduced_host()).items() if k.endswith(".weight")}
     bfl = {k: v if isinstance(v, str) else v[0] for k, v in to_bfl.items()}  # the file's key (bare BFL names)
     expected = {k for k, v in bfl.items() if "diffusion_model." + v in deltas}
     # diffusers 0.42.1 drops kohya's Flux modules outside the blocks (img_in, txt_in, time_in,

@@ -54,7 +54,7 @@ def test_golden_extraction_applies_the_true_delta_through_the_host(comfy_host, f
     from lora_workbench.lora_ops.extract import Options, extract_files
     from safetensors.torch import load_file
 
-    model = fm.build(family, fm.TINY[family])
+    model = fm.build(family, fm.tiny(family))
     base, tuned, deltas = fm.write_pair(family, model, tmp_path)
     out = tmp_path / "extracted.safetensors"
     result = extract_files(str(base), str(tuned), str(out), Options(value=4, max_rank=4))
@@ -104,11 +104,11 @@ def _rank1_lora(plan) -> dict:
 def test_full_size_names_are_all_mapped_by_the_host_onto_their_own_weight(comfy_host, family):
     from lora_workbench.lora_ops.extract_plan import make_plan
 
-    model = fm.build(family, fm.FULL[family], device="meta")
+    model = fm.build(family, fm.full(family), device="meta")
     header = fm.file_keys(family, model)
     clip = None
     if family in ("sd15", "sd2", "sdxl"):  # whole checkpoints: text encoders too
-        clip, te_header = fm.build_text_encoders(family, fm.FULL[family])
+        clip, te_header = fm.build_text_encoders(family, fm.full(family))
         header |= te_header
     plan = make_plan(header, header)
     assert plan.family == {"sd15": "sd1", "wan": "dit", "qwen": "dit"}.get(family, family)
