@@ -43,5 +43,6 @@ def test_the_installed_archive_serves_every_nodes_help_page(installed):
         assert localized.status_code == 404  # one page for every locale: the frontend falls back to …
         page = requests.get(f"{installed.url}/extensions/{PACK}/docs/{name}.md", timeout=30)
         assert page.status_code == 200, name
-        assert page.text == (REPO / "web" / "docs" / f"{name}.md").read_text(encoding="utf-8")
+        # Bytes, not text: the host sends no charset, and the frontend's fetch decodes UTF-8.
+        assert page.content == (REPO / "web" / "docs" / f"{name}.md").read_bytes(), name
     assert installed.pack_failures() == []
