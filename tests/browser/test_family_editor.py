@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import Server
 
-from helpers.browser_page import Page, frontend_args
+from helpers.browser_page import frontend_args, open_page
 from helpers.paths import REPO
 from helpers.tiny_families import TINY, write_lora, write_model
 
@@ -47,10 +47,9 @@ def tiny(tmp_path_factory, comfy_host, frontend):
 
 
 @pytest.fixture
-def tiny_page(browser, tiny):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+def tiny_page(browser, tiny, frontend):
+    context, p = open_page(browser, tiny[0].url, frontend)
     try:
-        p = Page(context.new_page(), tiny[0].url)
         yield p
         assert p.errors == [], f"errors from the pack's scripts: {p.errors}"
     finally:
@@ -74,7 +73,7 @@ def workflow(kind: str, blocks: str = "") -> dict:
              "inputs": [{"name": "source", "type": "*", "link": 2}]},
         ]}
     for order, node in enumerate(wf["nodes"]):  # the fields the frontend's schema asks for
-        node.update(flags={}, order=order, mode=0)
+        node.update(flags={}, order=order, mode=0, properties={})
     return wf
 
 
