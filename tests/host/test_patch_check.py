@@ -50,9 +50,9 @@ def test_extra_adapter_attributes_are_part_of_the_memo_key(comfy_host):
     # Checked in both orders: the first answer is never reused for the other adapter.
     key = "diffusion_model.blocks.0.attn.to_k.weight"
     assert patch_check.patch_misfit(key, with_offset, (4, 4)) is None
-    assert "do not fit" in patch_check.patch_misfit(key, without, (4, 4))
+    assert "does not fit" in patch_check.patch_misfit(key, without, (4, 4))
     patch_check._MISFIT_MEMO.clear()
-    assert "do not fit" in patch_check.patch_misfit(key, without, (4, 4))
+    assert "does not fit" in patch_check.patch_misfit(key, without, (4, 4))
     assert patch_check.patch_misfit(key, with_offset, (4, 4)) is None
 
 
