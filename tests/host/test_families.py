@@ -15,6 +15,7 @@ import re
 
 import pytest
 
+from helpers.aio import run_async
 from helpers.paths import REPO
 
 _spec = importlib.util.spec_from_file_location("host_family_configs", REPO / "nodes" / "host_family_configs.py")
@@ -137,7 +138,6 @@ def test_the_family_picker_lists_every_family_with_its_stacks(families):
 
 def test_editor_routes_serve_the_families_and_parse_against_a_models_ids(families):
     """The block editor's routes on a real aiohttp app (no ComfyUI server needed)."""
-    import asyncio
 
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
@@ -167,4 +167,4 @@ def test_editor_routes_serve_the_families_and_parse_against_a_models_ids(familie
                                            json={"ratios": {"D03": 0.5}, "ids": ids})).json()
             assert fmt["canonical"] == "default=0.5"
 
-    asyncio.run(scenario())
+    run_async(scenario())

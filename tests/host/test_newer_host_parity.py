@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
+from helpers.aio import run_async
 from helpers.meta_models import meta_model
 from helpers.paths import REAL_LORAS
 
@@ -64,10 +63,10 @@ def test_routes_are_registered_from_on_load_once(nodes, monkeypatch):
     monkeypatch.setitem(sys.modules, "server", stand_in)
     monkeypatch.setattr(web_routes, "_registered", False)
     ext = nodes.LoraWorkbenchExtension()
-    asyncio.run(ext.on_load())
+    run_async(ext.on_load())
     routes = PromptServer.instance.routes
     paths = sorted(r.path for r in routes)
     assert paths == ["/lora_workbench/blocks", "/lora_workbench/blocks/{family}", "/lora_workbench/spec",
                      "/lora_workbench/spec/format"]
-    assert len(asyncio.run(ext.get_node_list())) == len(nodes.NODES)
+    assert len(run_async(ext.get_node_list())) == len(nodes.NODES)
     assert sorted(r.path for r in routes) == paths  # not registered twice

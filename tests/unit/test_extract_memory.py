@@ -20,15 +20,21 @@ from safetensors import safe_open
 from helpers.paths import REPO
 
 MEASURE = r"""
-import json, resource, sys
+import json, sys
 sys.path[:0] = [sys.argv[1]]
 import psutil
 from lora_ops.extract import Options, extract_files
+
+def high_water_mark():
+    # VmHWM belongs to this process's address space, so it starts afresh at exec; ru_maxrss
+    # does not (Linux carries the parent's peak over), which would report the test runner's.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
 base, tuned, out = sys.argv[2:5]
 idle = psutil.Process().memory_info().rss
 result = extract_files(base, tuned, out, Options(value=8, max_rank=8, dtype="bf16"))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the kernel's high-water mark, KiB
-print(json.dumps({"above": peak - idle, "layers": len(result.layers)}))
+print(json.dumps({"above": high_water_mark() - idle, "layers": len(result.layers)}))
 """
 
 
