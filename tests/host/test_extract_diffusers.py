@@ -55,12 +55,9 @@ SDXL_TINY = {**SDXL_UNET, "block_out_channels": [32, 64, 64], "attention_head_di
 # widths, one block of each kind, small text/pooled inputs (only the embedders' fan-in shrinks).
 FLUX_REDUCED = {**FLUX_TRANSFORMER, "num_layers": 1, "num_single_layers": 1, "joint_attention_dim": 64,
                 "pooled_projection_dim": 64}
-FLUX_REDUCED = {"depth": 1, "depth_single_blocks": 1, "context_in_dim": 64, "vec_in_dim": 64}
-
-
 def flux_reduced_host() -> dict:
     """Flux at real widths with one double and one single block (the host's config)."""
-    return {**fm.full("flux"), **FLUX_REDUCED}
+    return {**fm.full("flux"), "depth": 1, "depth_single_blocks": 1, "context_in_dim": 64, "vec_in_dim": 64}
 
 
 CLIP_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
