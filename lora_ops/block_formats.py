@@ -204,12 +204,30 @@ def _check_family(layout: list[str], ids: list[str], what: str) -> None:
                           f"are {shown}", what)
 
 
+def _check_same_stacks(layout: list[str], ids: list[str], what: str) -> None:
+    """A positional vector fits a DiT only when the model has exactly its numbered blocks: the
+    same D/S stacks at other depths (Flux.2, HiDream, AuraFlow) would silently lose values."""
+    prefixes = {"D", "S"}
+    want = {s for s in layout if (m := _ID_RE.match(s)) and m.group(1) in prefixes}
+    have = {b for b in ids if (m := _ID_RE.match(b)) and m.group(1) in prefixes}
+    if have != want:
+        def span(blocks):
+            by = {}
+            for b in sorted(blocks, key=sort_key):
+                by.setdefault(_ID_RE.match(b).group(1), []).append(b)
+            return ", ".join(f"{v[0]}-{v[-1]}" for v in by.values())
+        raise FormatError(f"{what} is laid out for {span(want)}; this model has {span(have)}, so values would be "
+                          "lost or blocks left at 0. Write a named spec instead (e.g. `D*=1, S*=0.5`)", what)
+
+
 def a1111_vector(values: list[float], ids: list[str]) -> dict[str, float]:
     """Ratios for an A1111 positional vector (12/17/20/26/61 values) on a model with ``ids``."""
     layout = A1111_LAYOUTS.get(len(values))
     if layout is None:
         raise FormatError(f"an A1111 vector has 12, 17, 20, 26 or 61 values, not {len(values)}", str(len(values)))
     _check_family(layout, ids, f"a {len(values)}-value A1111 vector")
+    if len(values) == 61:
+        _check_same_stacks(layout, ids, "a 61-value A1111 vector (Flux.1's double and single blocks)")
     slots = dict(zip(layout, values, strict=True))
     if len(values) == 61:
         named = {"CLIP": "TE.clip_l", "T5": "TE.t5xxl"}

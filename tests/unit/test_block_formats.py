@@ -169,3 +169,13 @@ def test_every_shipped_preset_puts_each_value_on_its_slot_id(name):
             assert r[slot] == v, (name, slot)
     assert r["TE.clip_l"] == te_value
     assert set(INSPIRE_LETTERS) >= {c for c in vector if c.isalpha()} - {"e"}
+
+
+@pytest.mark.parametrize("doubles, singles", [(8, 48), (16, 32), (20, 40)])  # Flux.2 dev, HiDream, HunyuanVideo
+def test_flux_a1111_vector_is_refused_on_other_double_single_depths(doubles, singles):
+    """A 61-value vector is Flux.1's D00-D18/S00-S37: on the same stacks at other depths it
+    would drop values or leave blocks at 0 without a word, so it is an error naming both."""
+    ids = ["IN", *[f"D{i:02d}" for i in range(doubles)], *[f"S{i:02d}" for i in range(singles)], "OUT"]
+    with pytest.raises(BlockSpecError, match=rf"D00-D18, S00-S37; this model has D00-D{doubles - 1:02d}, "
+                                             rf"S00-S{singles - 1:02d}"):
+        parse_spec(",".join(["1"] * 61), ids)
