@@ -113,6 +113,17 @@ def _is_refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopbac
     return None
 
 
+def literal_refusal(host: str) -> str | None:
+    """Why a host given as an IP literal is never fetched from, whatever the settings (a
+    private, link-local, multicast or other non-public address; loopback is a setting), or
+    None for a name or a public address. ``allowed_hosts`` cannot admit such an address."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    return _is_refused(ip, allow_loopback=True)
+
+
 def vet_address(host: str, port: int, allow_loopback: bool = False) -> list[str]:
     """Resolve ``host`` and return its addresses, all of which are public (or loopback when
     ``allow_loopback``). The caller connects to one of these addresses (not to the name again),

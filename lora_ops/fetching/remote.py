@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 
 from .civitai_files import choose_file, describe_file, pick_version, refusal, why_not
 from .http_client import Answer, Client, FetchError
-from .netguard import for_log, host_matches, is_loopback_host, safe_filename
+from .netguard import for_log, host_matches, is_loopback_host, literal_refusal, safe_filename
 from .service_errors import explain, explain_hf
 from .settings import FetchSettings
 from .source_ref import CivitaiRef, HashRef, HFRef, Ref, UrlRef, describe
@@ -242,6 +242,11 @@ class Resolver:
         host = (urlsplit(ref.url).hostname or "").lower()
         allowed = host_matches(host, self.settings.allowed_hosts) or (
             self.settings.allow_loopback and is_loopback_host(host))
+        never = literal_refusal(host)
+        if never is not None:
+            raise FetchError(f"{describe(ref)}: {host} is {never}. LoRA Workbench only downloads from public "
+                             "hosts, and \"allowed_hosts\" cannot change that; use the file's public URL, or copy "
+                             "the file into the model folder yourself.")
         if not allowed:
             hint = (f"for a mirror on this machine set \"allow_loopback\": true in {self.settings.settings_path} "
                     "(--allow-loopback on the command line)" if is_loopback_host(host) else

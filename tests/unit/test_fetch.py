@@ -384,3 +384,14 @@ def test_more_bytes_than_the_host_lists_are_cut_off(hub, tmp_path):
     with pytest.raises(FetchError, match="sent more than the 1000 bytes the host lists"):
         fetch(hub, tmp_path, "hf://org/big/x.safetensors")
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("url, why", [("https://10.0.0.1/x.safetensors", "a private network address"),
+                                      ("http://169.254.169.254/latest/meta-data/", "a link-local address")])
+def test_a_never_allowed_address_does_not_advise_allowed_hosts(hub, tmp_path, url, why):
+    """Advice to add a private or metadata address to allowed_hosts would lead nowhere: such an
+    address is refused whatever the settings, and the message says so."""
+    with pytest.raises(FetchError, match=why) as e:
+        fetch(hub, tmp_path, url)
+    assert "cannot change that" in str(e.value) and "add " not in str(e.value)
+    assert listing(tmp_path) == []
