@@ -42,6 +42,10 @@ def _describe_lines(path: str, with_hashes: bool) -> list[str]:
 def _inspect(paths: list[str], with_hashes: bool = True) -> int:
     status = 0
     for path in paths:
+        if not os.path.lexists(path):
+            print(f"INVALID {path}: no such file. Check the path (`ls` its folder), or give the file's full path")
+            status = 1
+            continue
         try:
             h = read_header(path)
         except (SafetensorsError, OSError) as e:
@@ -149,6 +153,11 @@ def _fetch(args) -> int:
     from .safetensors_io import SafetensorsError
 
     home = args.home or default_home()
+    for flag, folder in (("--home", home), ("--dir", args.dir)):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            print(f"error: {flag} {folder} is a file, not a folder; give a folder (it is made if missing)",
+                  file=sys.stderr)
+            return 1
     try:
         settings = load_settings(home)
     except SettingsError as e:

@@ -33,8 +33,18 @@ def test_inspect_valid_and_invalid(tmp_path):
 
 def test_inspect_missing_file_and_usage(tmp_path):
     r = run_cli("inspect", str(tmp_path / "nope.safetensors"))
-    assert r.returncode == 1 and "No such file" in r.stdout
+    assert r.returncode == 1 and "no such file. Check the path" in r.stdout and "Errno" not in r.stdout
     assert run_cli().returncode == 2
+
+
+@pytest.mark.parametrize("flag", ["--dir", "--home"])
+def test_fetch_folder_that_is_a_file_is_a_clear_error(tmp_path, flag):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = ["--dir", str(tmp_path)] if flag == "--home" else []
+    r = run_cli("fetch", flag, str(afile), *args, "https://models.example.org/x.safetensors")
+    assert r.returncode == 1 and r.stderr.strip() == (f"error: {flag} {afile} is a file, not a folder; give a "
+                                                      "folder (it is made if missing)")
 
 
 @pytest.mark.skipif(not REAL_LORAS.is_dir(), reason="../shared/fixtures/real is not present")
