@@ -128,7 +128,9 @@ class LayerStats:
 
 
 def _rank_range(ranks: list[int]) -> str:
-    lo, hi = (min(ranks), max(ranks)) if ranks else (0, 0)
+    if not ranks:  # every changed layer was stored whole: the rank asked for reaches their size
+        return "every layer at full rank"
+    lo, hi = min(ranks), max(ranks)
     return f"rank {lo}" if lo == hi else f"rank {lo}-{hi}"
 
 
@@ -211,7 +213,7 @@ class Result:
                 lines.append(f"target_error {opts.value:g} not reached in {len(missed)} layers: their rank stopped "
                              f"at the cap of {opts.max_rank}; raise rank (the cap) to reach it")
         lines.append("worst layers: " + "; ".join(
-            f"{s.name} {s.error:.4f} (rank {s.rank})"
+            f"{s.name} {s.error:.4f} ({'full rank' if s.rank == -1 else f'rank {s.rank}'})"
             for s in sorted(extracted, key=lambda s: -s.error)[:worst]))
         return "\n".join(lines)
 

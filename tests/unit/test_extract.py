@@ -89,6 +89,11 @@ def test_large_rank_stores_the_whole_difference_as_an_exact_full_rank_pair(base_
     # 640x640 proj_in: 400 * 1280 >= 640 * 640, stored whole; 3x3 conv 640x11520 is not
     name = "lora_unet_mid_block_attentions_0_proj_in"
     assert name in full and "stored whole" in r.report()
+    assert "(rank -1)" not in r.report()  # the worst-layers line says "full rank", as the table does
+    # a rank that reaches every layer's size: the summary says so, not "rank 0"
+    everything = extract_files(str(BASE), str(tmp_path / "t.safetensors"), str(tmp_path / "all.safetensors"),
+                               Options(value=100000, max_rank=100000)).report()
+    assert "every layer at full rank" in everything and "rank 0" not in everything
     with safe_open(str(out), "pt") as f:
         assert not [k for k in f.keys() if k.endswith((".diff", ".diff_b"))]  # unreadable for diffusers
         up, down = f.get_tensor(f"{name}.lora_up.weight"), f.get_tensor(f"{name}.lora_down.weight")
