@@ -106,7 +106,7 @@ def _hash(paths: list[str]) -> int:
 
     from .fetching.hash_index import model_files
     from .hashing import file_hashes
-    from .safetensors_io import sniff_non_safetensors
+    from .safetensors_io import SafetensorsError, read_header, sniff_non_safetensors
 
     status = 0
     files: list[str] = []
@@ -133,10 +133,17 @@ def _hash(paths: list[str]) -> int:
             autov3 = h.autov3 or "- (not a safetensors file)"
             lines = [f"{path}: size {h.size} SHA256 {h.sha256} AutoV1 {autov1} AutoV2 {h.autov2} "
                      f"AutoV3 {autov3} CRC32 {h.crc32}"]
-            with open(path, "rb") as f:
-                odd = sniff_non_safetensors(path, f.read(72))
-            if odd is not None and path.lower().endswith((".safetensors", ".sft")):
-                lines.append(f"  WARNING: {odd.reason}: these are the hashes of that file, not of model weights")
+            if path.lower().endswith((".safetensors", ".sft")):
+                with open(path, "rb") as f:
+                    odd = sniff_non_safetensors(path, f.read(72))
+                if odd is None:  # a truncated or damaged file hashes fine: say it is not the whole model
+                    try:
+                        read_header(path)
+                    except SafetensorsError as e:
+                        odd = e
+                if odd is not None:
+                    lines.append(f"  WARNING: {odd.reason}: these are the hashes of that file, not of the "
+                                 "model's weights")
             tqdm.write("\n".join(lines), file=sys.stdout)
     return status
 

@@ -76,3 +76,16 @@ def test_inspect_truncated_file_is_invalid_and_still_described():
     assert lines[1:4] == ["  format: diffusers (attention processors)", "  adapter: LoRA; 560 modules",
                           "  made for: SDXL (text context 2048) (cross-attention reads a 2048-wide text context)"]
     assert "  rank: 4; alpha: -" in lines
+
+
+def test_hash_warns_that_a_truncated_safetensors_file_is_not_the_whole_model(tmp_path):
+    whole = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(64, 64)}, str(whole))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:8000])
+    r = run_cli("hash", str(cut), str(whole))
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"{cut}: size 8000 SHA256 ")
+    assert lines[1].startswith("  WARNING: is ") and "a truncated download" in lines[1]
+    assert lines[2].startswith(f"{whole}: ") and len(lines) == 3  # the whole file gets no warning
