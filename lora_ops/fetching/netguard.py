@@ -200,6 +200,9 @@ def safe_subpath(path: str, what: str = "file name") -> str:
     parts = [p for p in re.split(r"[\\/]", path.strip()) if p]
     if not parts or path.strip().startswith(("/", "\\")):
         raise UnsafeError(f"{what} {path!r} must be a relative file name like 'style/my_lora.safetensors'.")
+    if any(p in (".", "..") for p in parts):
+        raise UnsafeError(f"{what} {path!r} leaves the model folder ('..'); give a name inside it, like "
+                          "'style/my_lora.safetensors'.")
     return "/".join(safe_filename(p, what) for p in parts)
 
 

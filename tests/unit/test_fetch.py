@@ -199,7 +199,7 @@ def test_content_disposition_filename_star_and_traversal(hub, tmp_path):
 
 
 def test_user_filename_cannot_escape(hub, tmp_path):
-    with pytest.raises(UnsafeError):
+    with pytest.raises(UnsafeError, match=r"'\.\./\.\./custom_nodes/evil/__init__\.py' leaves the model folder"):
         fetch(hub, tmp_path, "civitai:100@1001", filename="../../custom_nodes/evil/__init__.py")
     assert listing(tmp_path) == []
 
