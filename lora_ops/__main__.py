@@ -75,17 +75,17 @@ def _extract(args) -> int:
     opts = Options(policy=policy, value=value, max_rank=max_rank,
                    algorithm="exact" if args.exact else "randomized", oversample=args.oversample,
                    niter=args.niter, seed=args.seed, dtype=args.dtype, device=args.device,
-                   text_encoders=not args.no_text_encoders)
+                   text_encoders=not args.no_text_encoders, outside_blocks=args.outside_blocks)
     if os.path.exists(args.output) and not args.force:
         print(f"error: {args.output} exists; give another name or --force to replace it", file=sys.stderr)
         return 1
     try:
         opts.check()
-        plan = plan_files(args.base, args.tuned, opts.text_encoders)
+        plan = plan_files(args.base, args.tuned, opts.text_encoders, opts.outside_blocks)
         print(plan.summary(max_rank, opts.oversample, opts.niter))
         if args.plan_only:
             return 0
-        with tqdm(total=len(plan.layers), unit="layer", desc="extracting") as bar:
+        with tqdm(total=len(plan.layers) + len(plan.left_out), unit="layer", desc="extracting") as bar:
             def progress(done, total, name):
                 bar.update(done - bar.n)
 
@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16", help="dtype of the factors")
     e.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     e.add_argument("--no-text-encoders", action="store_true", help="leave the text encoders out")
+    e.add_argument("--outside-blocks", choices=["auto", "include", "omit"], default="auto",
+                   help="layers outside the numbered blocks (embedders, output layers): auto omits them for Flux "
+                        "(kohya's layout, which diffusers loads whole) and includes them for other families")
     e.add_argument("--plan-only", action="store_true", help="print the plan and stop")
     args = ap.parse_args(argv)
     if args.command == "inspect":

@@ -44,7 +44,7 @@ import torch
 from safetensors import safe_open
 
 from . import __version__
-from .extract_plan import Layer, Plan, PlanError, make_plan
+from .extract_plan import OUTSIDE_BLOCKS, Layer, Plan, PlanError, make_plan
 from .safetensors_io import SafetensorsError, read_header
 from .svd import Factors, choose_rank, exact_svd, randomized_svd, residual_squared_norm, squared_norms
 
@@ -74,7 +74,10 @@ class Options:
     ``oversample``/``niter``: randomized SVD parameters. ``seed``: combined with each layer's
     name. ``dtype``: ``fp16`` or ``bf16`` factors. ``device``: ``cpu``, ``cuda`` or ``auto``.
     ``batch``: same-shape layers factorised together; ``batch_bytes``: their float32 bytes cap.
-    ``text_encoders``: include text-encoder layers that changed.
+    ``text_encoders``: include text-encoder layers that changed. ``outside_blocks``: ``auto``,
+    ``include`` or ``omit`` the diffusion-model layers outside the numbered blocks (embedders,
+    output layers); ``auto`` omits them for Flux only (see
+    :func:`lora_ops.extract_plan.resolve_outside_blocks`).
     """
 
     policy: str = "rank"
@@ -89,6 +92,7 @@ class Options:
     batch: int = 8
     batch_bytes: int = 256 * 2**20
     text_encoders: bool = True
+    outside_blocks: str = "auto"
 
     def check(self) -> None:
         if self.policy == "rank" and (self.value < 1 or self.value != int(self.value)):
@@ -103,6 +107,8 @@ class Options:
             raise ExtractError(f"seed must be between 0 and 2**63 - 1, not {self.seed}")
         if self.algorithm not in ("randomized", "exact"):
             raise ExtractError(f"algorithm {self.algorithm!r}: use 'randomized' or 'exact'")
+        if self.outside_blocks not in OUTSIDE_BLOCKS:
+            raise ExtractError(f"outside_blocks {self.outside_blocks!r}: use {', '.join(OUTSIDE_BLOCKS)}")
         if self.dtype not in DTYPES:
             raise ExtractError(f"dtype {self.dtype!r}: use 'fp16' or 'bf16'")
         if self.max_rank < 1 or self.oversample < 0 or self.niter < 0 or self.batch < 1:
@@ -137,7 +143,8 @@ def _rank_range(ranks: list[int]) -> str:
 @dataclass
 class Result:
     """An extraction: the ``path`` written, the ``plan``, per-layer ``layers`` stats, total
-    ``seconds``, and the ``metadata`` written into the file."""
+    ``seconds``, the ``metadata`` written into the file, and ``left_out``: the layers the plan
+    left out (outside the numbered blocks), each as (name, ||dW||_F), measured while reading."""
 
     path: str
     plan: Plan
@@ -145,6 +152,13 @@ class Result:
     seconds: float
     metadata: dict[str, str]
     options: Options | None = None
+    left_out: list[tuple[str, float]] = field(default_factory=list)
+
+    def left_out_share(self) -> float:
+        """The left-out layers' share of the whole difference's energy (0..1)."""
+        out = sum(norm**2 for _, norm in self.left_out)
+        total = out + sum(s.norm**2 for s in self.layers)
+        return out / total if total else 0.0
 
     def overall_error(self, layers: list[LayerStats] | None = None) -> float:
         """Energy-weighted relative Frobenius error: sqrt(sum residual^2 / sum ||dW||^2)."""
@@ -212,6 +226,14 @@ class Result:
             if missed:
                 lines.append(f"target_error {opts.value:g} not reached in {len(missed)} layers: their rank stopped "
                              f"at the cap of {opts.max_rank}; raise rank (the cap) to reach it")
+        changed_out = [(name, norm) for name, norm in self.left_out if norm > 0]
+        if self.left_out:
+            share = self.left_out_share()
+            largest = max(self.left_out, key=lambda item: item[1])
+            lines.append(f"{len(self.left_out)} layers outside the numbered blocks left out (outside_blocks "
+                         f"{self.options.outside_blocks if self.options else 'auto'}: {self.plan.family} files carry "
+                         f"the blocks only); {len(changed_out)} of them changed, holding {share * 100:.3g} % of the "
+                         "difference's energy" + (f" (the largest: {largest[0]})" if changed_out else ""))
         lines.append("worst layers: " + "; ".join(
             f"{s.name} {s.error:.4f} ({'full rank' if s.rank == -1 else f'rank {s.rank}'})"
             for s in sorted(extracted, key=lambda s: -s.error)[:worst]))
@@ -242,6 +264,9 @@ class TensorSource:
 
     def digest(self) -> str | None:
         return None
+
+    def prefetch(self, key: str) -> None:
+        """Hint that ``key`` is read next (a file starts reading it in the background)."""
 
     def __enter__(self):
         return self
@@ -317,6 +342,12 @@ class FileSource(TensorSource):
         self._hash_to(self._h.file_size)
         return self._sha.hexdigest()
 
+    def prefetch(self, key: str) -> None:
+        # The kernel reads the range into the page cache in the background, so the disk
+        # works while this thread hashes and widens the tensor before it.
+        info = self._h.tensors[key]
+        os.posix_fadvise(self._fd, self._h.data_start + info.begin, info.nbytes, os.POSIX_FADV_WILLNEED)
+
     def get_tensor(self, key):
         info = self._h.tensors[key]
         dtype = _TORCH_DTYPES.get(info.dtype)
@@ -339,19 +370,20 @@ class FileSource(TensorSource):
         return torch.frombuffer(view, dtype=dtype).reshape(info.shape)
 
 
-def plan_sources(base: TensorSource, tuned: TensorSource, text_encoders: bool = True) -> Plan:
+def plan_sources(base: TensorSource, tuned: TensorSource, text_encoders: bool = True,
+                 outside_blocks: str = "auto") -> Plan:
     """The plan for two sources (headers only). Raises :class:`ExtractError`."""
     if base.path and tuned.path and os.path.samefile(base.path, tuned.path):
         raise ExtractError(f"{base.label} and {tuned.label} are the same file: there is no difference to extract")
     try:
-        return make_plan(base.header(), tuned.header(), text_encoders)
+        return make_plan(base.header(), tuned.header(), text_encoders, outside_blocks)
     except PlanError as e:
         raise ExtractError(f"{base.label} and {tuned.label}: {e}") from None
 
 
-def plan_files(base: str, tuned: str, text_encoders: bool = True) -> Plan:
+def plan_files(base: str, tuned: str, text_encoders: bool = True, outside_blocks: str = "auto") -> Plan:
     """The plan for two checkpoint files (headers only). Raises :class:`ExtractError`."""
-    return plan_sources(FileSource(base), FileSource(tuned), text_encoders)
+    return plan_sources(FileSource(base), FileSource(tuned), text_encoders, outside_blocks)
 
 
 def _check_output(out_path: str, inputs: list[str]) -> None:
@@ -424,7 +456,7 @@ def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts
     _device(opts.device)  # an unusable device fails here, before any work
     t_start = time.perf_counter()
     _check_output(out_path, [p for p in (base_src.path, tuned_src.path) if p])
-    plan = plan_sources(base_src, tuned_src, opts.text_encoders)
+    plan = plan_sources(base_src, tuned_src, opts.text_encoders, opts.outside_blocks)
     return _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, t_start)
 
 
@@ -433,30 +465,47 @@ def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts
 _FP8_TABLES = {dt: torch.arange(256, dtype=torch.uint8).view(dt).float().numpy()
                for dt in (torch.float8_e4m3fn, torch.float8_e5m2)}
 
+# Values widened per step: the scratch buffer is this many float32 values (16 MiB).
+_CHUNK_VALUES = 2**22
 
-def _as_float32(t: torch.Tensor) -> torch.Tensor:
-    table = _FP8_TABLES.get(t.dtype)
+
+def _widen_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy ``src`` (fp8/fp16/bf16/fp32, same shape) into the float32 ``dst``, widening."""
+    table = _FP8_TABLES.get(src.dtype)
     if table is None:
-        return t  # float16/bfloat16/float32 are widened inside the copy/subtraction
-    return torch.from_numpy(table[t.contiguous().view(torch.uint8).numpy()]).reshape(t.shape)
+        dst.copy_(src)
+    else:  # straight into dst: no float32 temporary
+        np.take(table, src.contiguous().view(torch.uint8).numpy(), out=dst.numpy())
 
 
 def _difference_into(out: torch.Tensor, fb: TensorSource, ft: TensorSource, layer: Layer, base: str,
-                     tuned: str) -> float | None:
-    """Write tuned - base of one layer into ``out`` (float32, rows x columns); return its
-    squared Frobenius norm (float64 sum), or None when the layer is unchanged."""
+                     tuned: str, scratch: torch.Tensor) -> float | None:
+    """Write tuned - base of one layer into ``out`` (float32, rows x columns, contiguous);
+    return its squared Frobenius norm (float64 sum), or None when the layer is unchanged.
+
+    Both tensors are widened row block by row block, the base through ``scratch`` (float32,
+    at least one row): a subtraction that mixes dtypes (``out.sub_(bf16)``) runs about 3x
+    slower than two widening copies and a float32 one, and a float32 temporary the size of a
+    layer is fresh memory, page-faulted in on every layer (as slow again).
+    """
     a = fb.get_tensor(layer.base_key)
     b = ft.get_tensor(layer.tuned_key)
     if layer.rows is not None:
         a, b = a[layer.rows[0]:layer.rows[1]], b[layer.rows[0]:layer.rows[1]]
-    out.copy_(_as_float32(b).reshape(out.shape))
-    out.sub_(_as_float32(a).reshape(out.shape))  # widened to float32 element by element
+    a, b = a.reshape(out.shape), b.reshape(out.shape)
+    step = max(1, scratch.numel() // max(out.shape[1], 1))
+    for i in range(0, out.shape[0], step):
+        rows = out[i:i + step]
+        tmp = scratch[:rows.numel()].view(rows.shape)
+        _widen_into(rows, b[i:i + step])
+        _widen_into(tmp, a[i:i + step])
+        rows.sub_(tmp)
     energy = float(squared_norms(out[None])[0])
     if not math.isfinite(energy):
         if torch.isfinite(out).all():  # finite values whose squares overflow: still a valid difference
             energy = float(torch.linalg.vector_norm(out.double()) ** 2)
         else:
-            bad = base if not torch.isfinite(_as_float32(a).float()).all() else tuned
+            bad = base if not torch.isfinite(a.float()).all() else tuned
             raise ExtractError(f"{layer.tuned_key}: the difference has non-finite values (inf or NaN in {bad}). "
                                "The file is damaged or was saved with overflowing values; re-save or re-download it")
     if energy == 0 and not out.any():
@@ -466,15 +515,17 @@ def _difference_into(out: torch.Tensor, fb: TensorSource, ft: TensorSource, laye
 
 class _Reader(threading.Thread):
     """Reads the layers in ``order`` and forms their differences, batch by batch, ahead of
-    the factorisation: ``items`` receives ``(layers, a, kept, energies, buffer)`` per batch
-    (``a``: float32 (len(kept), m, n) holding the changed layers, a view of ``buffer``), then
-    None at the end, or the exception that stopped it. Two buffers exist, reused: the consumer
-    hands each back with :meth:`done`."""
+    the factorisation: ``items`` receives ``(layers, a, kept, energies, buffer, measured)`` per
+    batch (``a``: float32 (len(kept), m, n) holding the changed layers, a view of ``buffer``;
+    ``measured``: (layer, squared norm) of the batch's layers in ``measure_only``, which are
+    read for their norm and not factorised), then None at the end, or the exception that
+    stopped it. Two buffers exist, reused: the consumer hands each back with :meth:`done`."""
 
     def __init__(self, order: list[Layer], fb: TensorSource, ft: TensorSource, base: str, tuned: str,
-                 opts: Options):
+                 opts: Options, measure_only: frozenset = frozenset()):
         super().__init__(daemon=True, name="lora-extract-reader")
         self.order, self.fb, self.ft, self.base, self.tuned, self.opts = order, fb, ft, base, tuned, opts
+        self.measure_only = measure_only
         self.items: queue.Queue = queue.Queue()
         self.stop = threading.Event()
         # Two float32 buffers, reused: one is factorised while the other is filled.
@@ -489,6 +540,11 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             order, total, i = self.order, len(self.order), 0
+            # Widening and hashing are memory-bound: one core is enough, and OpenMP workers
+            # of this thread would take cores from the factorisation's matrix products.
+            torch.set_num_threads(1)
+            width = max((layer.matrix_shape[1] for layer in order), default=1)
+            scratch = torch.empty(max(_CHUNK_VALUES, width), dtype=torch.float32)
             while i < total:
                 shape = order[i].matrix_shape
                 limit = max(1, min(self.opts.batch, self.opts.batch_bytes // max(4 * shape[0] * shape[1], 1)))
@@ -509,13 +565,18 @@ class _Reader(threading.Thread):
                     buffer = torch.empty(need, dtype=torch.float32)
                 # The batch is filled difference by difference: no second copy.
                 a = buffer[:need].view(len(chunk), *shape)
-                kept, energies = [], []
-                for layer in chunk:
-                    e = _difference_into(a[len(kept)], self.fb, self.ft, layer, self.base, self.tuned)
-                    if e is not None:
+                kept, energies, measured = [], [], []
+                for j, layer in enumerate(chunk):
+                    if i + j + 1 < total:
+                        self.fb.prefetch(order[i + j + 1].base_key)
+                        self.ft.prefetch(order[i + j + 1].tuned_key)
+                    e = _difference_into(a[len(kept)], self.fb, self.ft, layer, self.base, self.tuned, scratch)
+                    if layer in self.measure_only:  # its slot is reused by the next layer
+                        measured.append((layer, e or 0.0))
+                    elif e is not None:
                         kept.append(layer)
                         energies.append(e)
-                self.items.put((chunk, a[: len(kept)], kept, energies, buffer))
+                self.items.put((chunk, a[: len(kept)], kept, energies, buffer, measured))
                 i += len(chunk)
             self.items.put(None)
         except BaseException as e:  # handed to the consumer, which raises it
@@ -527,25 +588,29 @@ def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, 
     device = _device(opts.device)
     out_dtype = DTYPES[opts.dtype]
     stats: list[LayerStats] = []
-    total = len(plan.layers)
+    left_out: list[tuple[str, float]] = []
+    total = len(plan.layers) + len(plan.left_out)
     done = 0
     writer = _LoraWriter(out_path)
     try:
         with base_src as fb, tuned_src as ft:
             # File order, so both files are read sequentially (and hashed from the same reads);
             # adjacent same-shape layers are batched.
-            order = sorted(plan.layers, key=lambda layer: (ft.offset(layer.tuned_key), fb.offset(layer.base_key),
-                                                           layer.rows or (0, 0)))
-            reader = _Reader(order, fb, ft, base, tuned, opts)
+            # Left-out layers are read too, for their norm: the report says how much they held.
+            order = sorted(plan.layers + plan.left_out,
+                           key=lambda layer: (ft.offset(layer.tuned_key), fb.offset(layer.base_key),
+                                              layer.rows or (0, 0)))
+            reader = _Reader(order, fb, ft, base, tuned, opts, frozenset(plan.left_out))
             reader.start()
             try:
                 while (item := reader.items.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
-                    chunk, a, kept, energies, buffer = item
+                    chunk, a, kept, energies, buffer, measured = item
                     t0 = time.perf_counter()
+                    left_out += [(layer.name, math.sqrt(e)) for layer, e in measured]
                     stats += [LayerStats(layer.name, layer.block, layer.matrix_shape, 0, 0.0, 1.0, 0.0, 0.0)
-                              for layer in chunk if layer not in kept]
+                              for layer in chunk if layer not in kept and layer not in reader.measure_only]
                     if kept:
                         energy = torch.tensor(energies, dtype=torch.float64)
                         try:
@@ -561,7 +626,7 @@ def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, 
                     del buffer
                     done += len(chunk)
                     if progress is not None:
-                        progress(done, total, chunk[-1].name)
+                        progress(min(done, total), total, chunk[-1].name)
             finally:
                 reader.stop.set()
                 reader.join()
@@ -571,10 +636,13 @@ def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, 
                                "norm scales, the VAE, unpaired weights or excluded text-encoder weights may differ); "
                                "there is no LoRA to extract")
         metadata = _metadata(plan, opts, stats, hashes, base_src, tuned_src, title or Path(out_path).stem)
+        if left_out:
+            metadata["workbench.left_out"] = json.dumps({name: _sig(norm) for name, norm in left_out},
+                                                        separators=(",", ":"))
         writer.finish(metadata)
     finally:
         writer.discard()
-    return Result(str(out_path), plan, stats, time.perf_counter() - t_start, metadata, opts)
+    return Result(str(out_path), plan, stats, time.perf_counter() - t_start, metadata, opts, left_out)
 
 
 def _store(layer: Layer, d: torch.Tensor, f: Factors, j: int, energy: float, opts: Options, out_dtype,
@@ -646,7 +714,7 @@ def _metadata(plan: Plan, opts: Options, stats: list[LayerStats], hashes: dict, 
         "workbench.algorithm": json.dumps({"algorithm": opts.algorithm, "policy": opts.policy, "value": opts.value,
                                            "max_rank": opts.max_rank, "oversample": opts.oversample,
                                            "niter": opts.niter, "seed": opts.seed, "dtype": opts.dtype,
-                                           "clamp": None}),
+                                           "clamp": None, "outside_blocks": plan.outside_blocks}),
         "workbench.layers": json.dumps(per_layer, separators=(",", ":")),
     }
 

@@ -83,6 +83,8 @@ class Plan:
     not_extracted: list[str] = field(default_factory=list)
     vectors: int = 0
     dtypes: dict[str, set] = field(default_factory=dict)
+    left_out: list[Layer] = field(default_factory=list)
+    outside_blocks: str = "include"
 
     def flops(self, rank: int, oversample: int, niter: int) -> float:
         """Estimated floating-point work of randomized extraction at ``rank``."""
@@ -114,6 +116,11 @@ class Plan:
             lines.append(f"{len(self.not_extracted)} weights no LoRA loader maps (embeddings, projections) are not "
                          f"extracted: {', '.join(self.not_extracted[:5])}" + (" ..." if len(self.not_extracted) > 5
                                                                              else ""))
+        if self.left_out:
+            names = ", ".join(layer.name for layer in self.left_out[:5]) + (" ..." if len(self.left_out) > 5 else "")
+            lines.append(f"{len(self.left_out)} layers outside the numbered blocks are left out ({names}): "
+                         + OUTSIDE_BLOCKS_WHY.get(self.family, "outside_blocks is omit")
+                         + ". Set outside_blocks to include to extract them too")
         if self.mismatched:
             shown = ", ".join(f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched[:5])
             lines.append(f"{len(self.mismatched)} weights with different shapes (skipped, not factorised): {shown}")
@@ -254,13 +261,41 @@ def layers_for(family: str, comp: str, key: str, shape: tuple,
     return []
 
 
+OUTSIDE_BLOCKS = ("auto", "include", "omit")
+# Block ids of diffusion-model layers outside the numbered blocks: embedders, output layers.
+_OUTSIDE_IDS = frozenset({"IN", "OUT", "OTHER"})
+# Why ``auto`` leaves them out for a family.
+OUTSIDE_BLOCKS_WHY = {
+    "flux": "Flux LoRAs carry only the double and single blocks (kohya's flux_extract_lora.py and its trainer "
+            "default), and diffusers' Flux loader (0.42.1) drops img_in, txt_in, time_in, vector_in, "
+            "guidance_in and final_layer from kohya-named files, so a file with them does not load whole there; "
+            "ComfyUI applies them",
+}
+
+
+def resolve_outside_blocks(choice: str, family: str) -> str:
+    """``include`` or ``omit`` for the layers outside the numbered blocks of ``family``.
+
+    ``auto`` omits them where the family's common loaders cannot apply them (Flux: see
+    :data:`OUTSIDE_BLOCKS_WHY`) and includes them elsewhere. Raises :class:`PlanError` for a
+    choice not in :data:`OUTSIDE_BLOCKS`."""
+    if choice not in OUTSIDE_BLOCKS:
+        raise PlanError(f"outside_blocks {choice!r}: use one of {', '.join(OUTSIDE_BLOCKS)}")
+    if choice == "auto":
+        return "omit" if family in OUTSIDE_BLOCKS_WHY else "include"
+    return choice
+
+
 def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str, tuple[str, tuple]],
-              text_encoders: bool = True) -> Plan:
+              text_encoders: bool = True, outside_blocks: str = "auto") -> Plan:
     """Pair the weights of two files by normalised name and shape.
 
     ``*_header``: file key -> (dtype name, shape), e.g. from
-    :func:`lora_ops.safetensors_io.read_header`. Raises :class:`PlanError` when the files are
-    of different model families or share no diffusion-model layer.
+    :func:`lora_ops.safetensors_io.read_header`. ``outside_blocks`` (:data:`OUTSIDE_BLOCKS`):
+    whether diffusion-model layers outside the numbered blocks (block ids ``IN``, ``OUT``)
+    are extracted or go to ``Plan.left_out`` (see :func:`resolve_outside_blocks`). Raises
+    :class:`PlanError` when the files are of different model families or share no
+    diffusion-model layer, or for an unknown ``outside_blocks``.
     """
     def parts(header, side):
         what = kind_of_file(header)
@@ -286,7 +321,8 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
                         "Extract from a fine-tune and the model it was trained from")
     res_blocks = res_blocks_of(base_parts.get("unet", {}))
     plan = Plan(fam_b, [], dtypes={"base": {d for d, _ in base_header.values()},
-                                   "tuned": {d for d, _ in tuned_header.values()}})
+                                   "tuned": {d for d, _ in tuned_header.values()}},
+                outside_blocks=resolve_outside_blocks(outside_blocks, fam_b))
     for sk in sorted(set(base_keys) | set(tuned_keys)):
         comp, key = sk
         if comp != "unet" and not text_encoders:
@@ -308,7 +344,11 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
             else:
                 plan.vectors += 1
         for name, rows, shape, block in found:
-            plan.layers.append(Layer(name, base_keys[sk], tuned_keys[sk], rows, shape, block))
+            layer = Layer(name, base_keys[sk], tuned_keys[sk], rows, shape, block)
+            if comp == "unet" and block in _OUTSIDE_IDS and plan.outside_blocks == "omit":
+                plan.left_out.append(layer)
+            else:
+                plan.layers.append(layer)
     if not any(not layer.block.startswith("TE") for layer in plan.layers):
         raise PlanError("the two files share no diffusion-model layer of the same name and shape, so there is "
                         "nothing to extract. Check that both are checkpoints of the same model")

@@ -26,6 +26,7 @@ stored factors themselves (:func:`residual_squared_norm`).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,25 @@ class Factors:
     energy: torch.Tensor
 
 
+@contextmanager
+def _one_thread():
+    """Run the enclosed small steps on this thread alone (thread-local in torch's OpenMP).
+
+    An l x l eigendecomposition or a rows x l x l product takes a millisecond; split over
+    OpenMP workers it waits for each of them to be scheduled, and on a machine whose cores are
+    busy (the extraction's reader thread takes one) that wait made these steps 4x slower.
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _orth(y: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis of the columns of each ``y`` (B, rows, l), float32.
 
@@ -54,11 +74,12 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
     that of one power of the spectrum; directions whose eigenvalue is below 1e-12 of the
     largest (an exactly rank-deficient ``y``) become zero columns instead of noise.
     """
-    for _ in range(2):
-        lam, v = torch.linalg.eigh((y.transpose(-1, -2) @ y).double())
-        floor = lam[..., -1:].clamp_min(1e-300) * 1e-12
-        scale = torch.where(lam > floor, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
-        y = y @ (v * scale[..., None, :]).to(y.dtype)
+    with _one_thread():
+        for _ in range(2):
+            lam, v = torch.linalg.eigh((y.transpose(-1, -2) @ y).double())
+            floor = lam[..., -1:].clamp_min(1e-300) * 1e-12
+            scale = torch.where(lam > floor, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
+            y = y @ (v * scale[..., None, :]).to(y.dtype)
     return y
 
 
@@ -69,6 +90,11 @@ def _small_svd(small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     ``s_i = ||small^T u_i||`` and ``vh_i = small^T u_i / s_i``, so ``ub diag(s) vh`` is exactly
     the projection of ``small`` onto the ``u_i``; a zero ``s_i`` gets a zero row.
     """
+    with _one_thread():
+        return _small_svd_body(small)
+
+
+def _small_svd_body(small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     sd = small.double()
     _, ub = torch.linalg.eigh(sd @ sd.transpose(-1, -2))
     ub = ub.flip(-1)  # descending

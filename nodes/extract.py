@@ -86,6 +86,10 @@ def options_inputs() -> list:
             tooltip="Include the text encoders' layers that changed."),
         inp(io.Combo, "dtype", options=["fp16", "bf16"], default="fp16", optional=True,
             tooltip="Data type of the saved LoRA factors."),
+        inp(io.Combo, "outside_blocks", options=["auto", "include", "omit"], default="auto", optional=True,
+            tooltip="Layers outside the numbered blocks (embedders, output layers). auto: left out for Flux, "
+                    "whose LoRAs carry the blocks only (kohya's layout; diffusers drops the rest), included for "
+                    "other families. The report says what they held."),
     ]
 
 
@@ -98,9 +102,11 @@ OUTPUTS = [
 ]
 
 
-def make_options(rank, rank_policy, policy_value, algorithm, niter, text_encoders, dtype) -> Options:
+def make_options(rank, rank_policy, policy_value, algorithm, niter, text_encoders, dtype,
+                 outside_blocks="auto") -> Options:
     return Options(policy=rank_policy, value=rank if rank_policy == "rank" else policy_value, max_rank=rank,
-                   algorithm=algorithm, niter=niter, text_encoders=text_encoders, dtype=dtype)
+                   algorithm=algorithm, niter=niter, text_encoders=text_encoders, dtype=dtype,
+                   outside_blocks=outside_blocks)
 
 
 def _outputs(result, name: str, opts: Options) -> io.NodeOutput:
@@ -146,9 +152,10 @@ class WorkbenchExtractLora(io.ComfyNode):
 
     @classmethod
     def execute(cls, base, tuned, rank, filename_prefix, rank_policy="rank", policy_value=0.1,
-                algorithm="randomized", niter=2, text_encoders=True, dtype="fp16") -> io.NodeOutput:
+                algorithm="randomized", niter=2, text_encoders=True, dtype="fp16",
+                outside_blocks="auto") -> io.NodeOutput:
         base_path, tuned_path = resolve_checkpoint(base.strip()), resolve_checkpoint(tuned.strip())
-        opts = make_options(rank, rank_policy, policy_value, algorithm, niter, text_encoders, dtype)
+        opts = make_options(rank, rank_policy, policy_value, algorithm, niter, text_encoders, dtype, outside_blocks)
         path, name = output_path(filename_prefix)
         result = extract_files(base_path, tuned_path, path, opts,
                                node_progress(cls.hidden.unique_id if cls.hidden else None, "extracting"),
@@ -221,11 +228,11 @@ class WorkbenchExtractLoraFromModels(io.ComfyNode):
     @classmethod
     def execute(cls, model_base, model_tuned, rank, filename_prefix, clip_base=None, clip_tuned=None,
                 rank_policy="rank", policy_value=0.1, algorithm="randomized", niter=2, text_encoders=True,
-                dtype="fp16") -> io.NodeOutput:
+                dtype="fp16", outside_blocks="auto") -> io.NodeOutput:
         if (clip_base is None) != (clip_tuned is None):
             raise ExtractError("connect both clip_base and clip_tuned, or neither")
         opts = make_options(rank, rank_policy, policy_value, algorithm, niter,
-                            text_encoders and clip_base is not None, dtype)
+                            text_encoders and clip_base is not None, dtype, outside_blocks)
         path, name = output_path(filename_prefix)
         result = extract(ModelSource(model_base, clip_base, "model_base"),
                          ModelSource(model_tuned, clip_tuned, "model_tuned"), path, opts,

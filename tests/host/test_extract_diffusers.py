@@ -204,10 +204,19 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
 
     host = fm.build("flux", flux_reduced_host(), device="meta")
     base, tuned, deltas = fm.write_pair("flux", host, tmp_path, dtype=torch.bfloat16, keep_deltas=False)
-    out, _ = _extract(tmp_path, base, tuned)
+    out, result = _extract(tmp_path, base, tuned)
+    # Flux files carry the double and single blocks only (kohya's layout, outside_blocks=auto):
+    # the 10 layers outside them (img_in, txt_in, time_in x2, vector_in x2, guidance_in x2,
+    # final_layer x2) are left out and named in the report with their share of the change.
+    in_blocks = {k for k in deltas if k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))}
+    assert len(deltas) - len(in_blocks) == 10
+    assert sorted(name for name, _ in result.left_out) == sorted(
+        "lora_unet_" + k[len("diffusion_model."):-len(".weight")].replace(".", "_") for k in set(deltas) - in_blocks)
+    assert all(norm > 0 for _, norm in result.left_out)
+    assert "10 layers outside the numbered blocks left out" in result.report()
     with safe_open(str(out), "pt") as f:
         modules = {k.split(".")[0] for k in f.keys()}
-    assert len(modules) == len(deltas) and "lora_unet_single_blocks_0_linear1" in modules
+    assert len(modules) == len(in_blocks) and "lora_unet_single_blocks_0_linear1" in modules
 
     with torch.device("meta"):
         transformer = FluxTransformer2DModel(**FLUX_REDUCED)
@@ -215,24 +224,15 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
     for p in transformer.parameters():
         p.zero_()  # the applied change is then the weight itself: no bf16 rounding of W + delta
 
-    converted = {}
-
     def load():
         sd, alphas = FluxPipeline.lora_state_dict(str(out), return_alphas=True)
-        converted.update(sd)
         FluxPipeline.load_lora_into_transformer(sd, alphas, transformer)
 
     fused = _Fused(transformer, load, zero=True)
     to_bfl = {k: v for k, v in comfy.utils.flux_to_diffusers(flux_reduced_host()).items() if k.endswith(".weight")}
     bfl = {k: v if isinstance(v, str) else v[0] for k, v in to_bfl.items()}  # the file's key (bare BFL names)
-    expected = {k for k, v in bfl.items() if "diffusion_model." + v in deltas}
-    # diffusers 0.42.1 drops kohya's Flux modules outside the blocks (img_in, txt_in, time_in,
-    # vector_in, guidance_in, final_layer): its converter names them without the "transformer."
-    # prefix that load_lora_into_transformer keeps, so they never reach the model. A diffusers
-    # bug, shown here so the test notices when it is fixed; ComfyUI applies them (golden test).
-    outside = {k for k in expected if not k.startswith(("transformer_blocks.", "single_transformer_blocks."))}
-    assert len(outside) == 10 and all(f"{k[:-len('.weight')]}.lora_A.weight" in converted for k in outside)
-    assert fused.keys == expected - outside  # every block module of the file applied, nothing else touched
+    expected = {k for k, v in bfl.items() if "diffusion_model." + v in in_blocks}
+    assert fused.keys == expected  # every module of the file applied, nothing else touched
     errors = {}
     with safe_open(str(base), "pt") as fb, safe_open(str(tuned), "pt") as ft:
         for k, target in to_bfl.items():

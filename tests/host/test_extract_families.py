@@ -57,7 +57,10 @@ def test_golden_extraction_applies_the_true_delta_through_the_host(comfy_host, f
     model = fm.build(family, fm.tiny(family))
     base, tuned, deltas = fm.write_pair(family, model, tmp_path)
     out = tmp_path / "extracted.safetensors"
-    result = extract_files(str(base), str(tuned), str(out), Options(value=4, max_rank=4))
+    # Every layer, those outside the numbered blocks too (Flux leaves them out by default):
+    # ComfyUI applies them all.
+    result = extract_files(str(base), str(tuned), str(out), Options(value=4, max_rank=4, outside_blocks="include"))
+    assert not result.left_out
     lora = load_file(str(out))
     assert not [k for k in lora if k.endswith((".diff", ".diff_b"))]
     # Every changed matrix is extracted; a parameter of no Linear/Conv (Wan's modulation tables)

@@ -341,3 +341,67 @@ def test_output_size_counts_a_whole_layer_as_its_full_rank_pair():
     plan = make_plan(header(keys), header(keys))
     # proj_in at rank 32: 32 * (320 + 320); conv_out (4 x 2880) is stored whole: 4 * (4 + 2880)
     assert plan.output_bytes(32) == 2 * (32 * 640 + 4 * 2884)
+
+
+FLUX = MODELS / "workbench-flux-tiny.safetensors"
+FLUX_OUTSIDE = ("img_in", "txt_in", "time_in.in_layer", "time_in.out_layer", "vector_in.in_layer",
+                "vector_in.out_layer", "guidance_in.in_layer", "guidance_in.out_layer", "final_layer.linear",
+                "final_layer.adaLN_modulation.1")
+
+
+def test_flux_leaves_the_layers_outside_the_blocks_out_by_default_and_says_what_they_held(tmp_path):
+    """kohya's flux_extract_lora.py takes double_blocks/single_blocks weights only, and diffusers'
+    Flux loader cannot apply the 10 others from a kohya-named file: ``auto`` leaves them out,
+    reads them for their norm and reports their share; ``include`` extracts them."""
+    sd = load_file(str(FLUX))
+    g = torch.Generator().manual_seed(11)
+    tuned = dict(sd)
+    changed = {"double_blocks.0.img_attn.qkv.weight": 1.0, "img_in.weight": 0.5, "final_layer.linear.weight": 0.0}
+    for key, scale in changed.items():
+        w = sd["model.diffusion_model." + key]
+        d = torch.randn(w.shape[0], 2, generator=g) @ torch.randn(2, w.shape[1], generator=g)
+        tuned["model.diffusion_model." + key] = (w.float() + scale * d).to(w.dtype)
+    save_file(tuned, str(tmp_path / "t.safetensors"))
+
+    plan = plan_files(str(FLUX), str(tmp_path / "t.safetensors"))
+    assert plan.outside_blocks == "omit"
+    assert sorted(layer.tuned_key for layer in plan.left_out) == sorted(
+        f"model.diffusion_model.{m}.weight" for m in FLUX_OUTSIDE)
+    assert all(layer.name.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for layer in plan.layers)
+    assert "10 layers outside the numbered blocks are left out" in plan.summary(4, 8, 2)
+
+    out = tmp_path / "x.safetensors"
+    r = extract_files(str(FLUX), str(tmp_path / "t.safetensors"), str(out), Options(value=2, max_rank=2))
+    with safe_open(str(out), "pt") as f:
+        modules = {k.split(".")[0] for k in f.keys()}
+        left = json.loads(f.metadata()["workbench.left_out"])
+        algo = json.loads(f.metadata()["workbench.algorithm"])
+    assert modules == {"lora_unet_double_blocks_0_img_attn_qkv"} and algo["outside_blocks"] == "omit"
+    truth = {k: float(torch.linalg.norm(tuned["model.diffusion_model." + k].float()
+                                        - sd["model.diffusion_model." + k].float())) for k in changed}
+    assert left["lora_unet_img_in"] == pytest.approx(truth["img_in.weight"], rel=1e-4)
+    assert left["lora_unet_final_layer_linear"] == 0 and len(left) == 10
+    share = truth["img_in.weight"] ** 2 / (truth["img_in.weight"] ** 2 + truth["double_blocks.0.img_attn.qkv.weight"] ** 2)
+    assert r.left_out_share() == pytest.approx(share, rel=1e-4)
+    assert (f"10 layers outside the numbered blocks left out (outside_blocks auto: flux files carry the blocks "
+            f"only); 1 of them changed, holding {share * 100:.3g} % of the difference's energy (the largest: "
+            "lora_unet_img_in)") in r.report()
+
+    r = extract_files(str(FLUX), str(tmp_path / "t.safetensors"), str(tmp_path / "all.safetensors"),
+                      Options(value=2, max_rank=2, outside_blocks="include"))
+    assert not r.left_out and {s.name for s in r.layers if s.rank} == {
+        "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_img_in"}
+    with pytest.raises(ExtractError, match="outside_blocks 'some': use auto, include, omit"):
+        extract_files(str(FLUX), str(tmp_path / "t.safetensors"), str(tmp_path / "n.safetensors"),
+                      Options(outside_blocks="some"))
+
+
+def test_other_families_keep_their_layers_outside_the_blocks_unless_asked():
+    unet = {"model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
+            "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+            "model.diffusion_model.time_embed.0.weight": (1280, 320),
+            "model.diffusion_model.out.2.weight": (4, 320, 3, 3)}
+    assert len(make_plan(header(unet), header(unet)).layers) == 4
+    plan = make_plan(header(unet), header(unet), outside_blocks="omit")
+    assert sorted(layer.block for layer in plan.layers) == ["IN00", "IN01"]
+    assert sorted(layer.block for layer in plan.left_out) == ["IN", "OUT"]
