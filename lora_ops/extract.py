@@ -289,10 +289,11 @@ class FileSource(TensorSource):
     :meth:`get_tensor` shares that buffer: it is valid until the next call. The SHA-256 of
     the file is computed from those same reads when they come in file order (the bytes
     between tensors are read for it as they are passed), so :meth:`digest` costs a second
-    read only of what was skipped or read out of order.
+    read only of what was skipped or read out of order. ``sha256``: the file's SHA-256 when
+    it is known already (from the pack's hash index): then nothing is hashed.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, sha256: str | None = None):
         if not str(path).lower().endswith((".safetensors", ".sft")):
             raise ExtractError(f"{path}: is not a .safetensors file; pickle checkpoints (.ckpt, .pt) can run code "
                                "when opened. Convert it to .safetensors in a trusted environment first")
@@ -301,6 +302,7 @@ class FileSource(TensorSource):
         except SafetensorsError as e:
             raise ExtractError(str(e)) from None
         self.path = self.label = str(path)
+        self._known = sha256.lower() if sha256 else None
         self._fd = None
         self._sha = hashlib.sha256()
         self._hashed = 0  # bytes of the file hashed so far, from its start
@@ -332,6 +334,8 @@ class FileSource(TensorSource):
         return buf
 
     def _hash_to(self, offset: int) -> None:
+        if self._known:
+            return
         while self._hashed < offset:
             n = min(16 * 2**20, offset - self._hashed)
             self._sha.update(self._read(self._hashed, n, "its header and small tensors"))
@@ -339,6 +343,8 @@ class FileSource(TensorSource):
 
     def digest(self) -> str:
         """SHA-256 of the whole file (lower-case hex); call while open, after the reads."""
+        if self._known:
+            return self._known
         self._hash_to(self._h.file_size)
         return self._sha.hexdigest()
 
@@ -364,7 +370,7 @@ class FileSource(TensorSource):
             self._buf = bytearray(info.nbytes)
         self._read(start, info.nbytes, key, self._buf)
         view = memoryview(self._buf)[:info.nbytes]
-        if start == self._hashed:  # in file order: these bytes are the next ones of the hash
+        if start == self._hashed and not self._known:  # in file order: the next bytes of the hash
             self._sha.update(view)
             self._hashed += info.nbytes
         return torch.frombuffer(view, dtype=dtype).reshape(info.shape)
@@ -432,12 +438,16 @@ def _factorise(a: torch.Tensor, energy: torch.Tensor, layers: list[Layer], opts:
 
 
 def extract_files(base: str, tuned: str, out_path: str, opts: Options | None = None,
-                  progress: ProgressFn | None = None, title: str | None = None) -> Result:
+                  progress: ProgressFn | None = None, title: str | None = None,
+                  known_sha256: dict[str, str] | None = None) -> Result:
     """Extract ``tuned - base`` of two checkpoint files as a LoRA into ``out_path``.
 
     See :func:`extract`; the files are validated (complete safetensors, no pickle) first.
+    ``known_sha256``: path -> SHA-256 of inputs whose hash is known (not computed again).
     """
-    return extract(FileSource(base), FileSource(tuned), out_path, opts, progress, title)
+    known = known_sha256 or {}
+    return extract(FileSource(base, known.get(base)), FileSource(tuned, known.get(tuned)), out_path, opts,
+                   progress, title)
 
 
 def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts: Options | None = None,
@@ -467,6 +477,7 @@ _FP8_TABLES = {dt: torch.arange(256, dtype=torch.uint8).view(dt).float().numpy()
 
 # Values widened per step: the scratch buffer is this many float32 values (16 MiB).
 _CHUNK_VALUES = 2**22
+BUFFERS = 2  # one is factorised while the other is filled (a third measured no faster: CPU-bound)
 
 
 def _widen_into(dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -528,9 +539,8 @@ class _Reader(threading.Thread):
         self.measure_only = measure_only
         self.items: queue.Queue = queue.Queue()
         self.stop = threading.Event()
-        # Two float32 buffers, reused: one is factorised while the other is filled.
         self._free: queue.Queue = queue.Queue()
-        for _ in range(2):
+        for _ in range(BUFFERS):
             self._free.put(torch.empty(0, dtype=torch.float32))
 
     def done(self, buffer: torch.Tensor) -> None:

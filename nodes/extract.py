@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -20,6 +21,8 @@ from .ui_results import ui_output
 
 _DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 
+
+log = logging.getLogger("lora_workbench")
 
 CHECKPOINT_FOLDERS = ("checkpoints", "diffusion_models")
 
@@ -102,6 +105,43 @@ OUTPUTS = [
 ]
 
 
+def known_hashes(paths: list[str]) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """The SHA-256 the pack's hash index already holds for ``paths`` (they are then not
+    hashed again: about 2 GB/s of one core per file), and each file's (size, mtime_ns) now."""
+    from .fetching import hash_index
+
+    known, stats = {}, {}
+    for p in paths:
+        st = os.stat(p)
+        stats[p] = (st.st_size, st.st_mtime_ns)
+        try:
+            sha = hash_index().known_sha256(p)
+        except Exception as e:  # the index is a cache: extraction hashes the file instead
+            log.warning("hash index lookup for %s failed (%s); hashing it", p, e)
+            sha = None
+        if sha:
+            known[p] = sha
+    return known, stats
+
+
+def remember_hashes(metadata: dict[str, str], keys: dict[str, str], known: dict[str, str],
+                    stats: dict[str, tuple[int, int]]) -> None:
+    """Record in the hash index the SHA-256 an extraction computed from its reads, for a file
+    unchanged since it started (so the next extraction from the same base skips hashing)."""
+    from .fetching import hash_index
+
+    for key, p in keys.items():
+        sha = metadata.get(key)
+        if not sha or p in known:
+            continue
+        try:
+            st = os.stat(p)
+            if (st.st_size, st.st_mtime_ns) == stats[p]:
+                hash_index().record_sha256(p, sha)
+        except Exception as e:  # a cache write: never fails the extraction
+            log.warning("could not record the SHA-256 of %s in the hash index (%s)", p, e)
+
+
 def make_options(rank, rank_policy, policy_value, algorithm, niter, text_encoders, dtype,
                  outside_blocks="auto") -> Options:
     return Options(policy=rank_policy, value=rank if rank_policy == "rank" else policy_value, max_rank=rank,
@@ -157,9 +197,12 @@ class WorkbenchExtractLora(io.ComfyNode):
         base_path, tuned_path = resolve_checkpoint(base.strip()), resolve_checkpoint(tuned.strip())
         opts = make_options(rank, rank_policy, policy_value, algorithm, niter, text_encoders, dtype, outside_blocks)
         path, name = output_path(filename_prefix)
+        known, stats = known_hashes([base_path, tuned_path])
         result = extract_files(base_path, tuned_path, path, opts,
                                node_progress(cls.hidden.unique_id if cls.hidden else None, "extracting"),
-                               title=os.path.splitext(os.path.basename(name))[0])
+                               title=os.path.splitext(os.path.basename(name))[0], known_sha256=known)
+        remember_hashes(result.metadata, {"workbench.base_sha256": base_path, "workbench.tuned_sha256": tuned_path},
+                        known, stats)
         return _outputs(result, name, opts)
 
 

@@ -291,6 +291,18 @@ class HashIndex:
             return self._hashes((row[0], *row[2:]))
         return self._hash_and_store(key, st, progress)
 
+    def known_sha256(self, path: str | os.PathLike) -> str | None:
+        """The SHA-256 (lower-case hex) the index holds for the file at ``path`` while its real
+        path, size and modification time are unchanged (a partial row counts), else None; never
+        reads the file. Raises ``OSError`` when the file is not there."""
+        key = _key(path)
+        st = os.stat(key)
+        with self._db() as conn:
+            row = conn.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (key,)).fetchone()
+        if row is not None and (row[0], row[1]) == (st.st_size, st.st_mtime_ns) and row[2]:
+            return row[2].lower()
+        return None
+
     def record(self, path: str | os.PathLike, hashes: Hashes) -> None:
         """Store ``hashes`` as those of the file at ``path`` as it is now (its current size and
         modification time), without reading it: for a file whose hashes were computed while

@@ -208,7 +208,8 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
     # Flux files carry the double and single blocks only (kohya's layout, outside_blocks=auto):
     # the 10 layers outside them (img_in, txt_in, time_in x2, vector_in x2, guidance_in x2,
     # final_layer x2) are left out and named in the report with their share of the change.
-    in_blocks = {k for k in deltas if k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))}
+    in_blocks = {k for k in deltas
+                 if k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))}
     assert len(deltas) - len(in_blocks) == 10
     assert sorted(name for name, _ in result.left_out) == sorted(
         "lora_unet_" + k[len("diffusion_model."):-len(".weight")].replace(".", "_") for k in set(deltas) - in_blocks)

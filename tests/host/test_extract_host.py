@@ -159,3 +159,43 @@ def test_cancel_stops_between_layers_and_leaves_no_file(comfy_host, nodes, tmp_p
         comfy.model_management.interrupt_current_processing(False)
         target.unlink()
     assert sorted(str(p) for p in (Path(loras)).rglob("*")) == before
+
+
+def test_extract_node_hashes_each_input_once_through_the_pack_hash_index(comfy_host, nodes, tuned_checkpoint):
+    """The SHA-256 an extraction computes from its reads goes into the pack's hash index; the
+    next extraction from the same (unchanged) files takes it from there instead of hashing."""
+    import hashlib
+
+    import folder_paths
+    from lora_workbench.lora_ops.fetching.hash_index import _key
+    from lora_workbench.nodes.fetching import hash_index
+
+    tuned_path, _ = tuned_checkpoint
+    link = comfy_host.base / "models" / "checkpoints" / "tuned_for_hashes.safetensors"
+    link.symlink_to(tuned_path)
+    base_path = folder_paths.get_full_path("checkpoints", "workbench-sd15.safetensors")
+
+    def forget():  # these two files only: other tests' rows stay
+        with hash_index()._db(write=True) as conn:
+            conn.executemany("DELETE FROM files WHERE path = ?", [(_key(base_path),), (_key(tuned_path),)])
+
+    try:
+        def run():
+            name, _, _ = nodes.WorkbenchExtractLora.execute(
+                "workbench-sd15.safetensors", "tuned_for_hashes.safetensors", 4, "extracted/hashes").args
+            with safe_open(folder_paths.get_full_path("loras", name), "pt") as f:
+                meta = f.metadata()
+            return meta["workbench.base_sha256"], meta["workbench.tuned_sha256"]
+
+        index = hash_index()
+        forget()
+        base_sha, tuned_sha = run()
+        assert base_sha == hashlib.sha256(Path(base_path).read_bytes()).hexdigest()
+        assert index.known_sha256(base_path) == base_sha and index.known_sha256(str(link)) == tuned_sha
+        # Proof that the second run reads the index rather than hashing: a planted value is used.
+        planted = "ab" * 32
+        index.record_sha256(base_path, planted)
+        assert run() == (planted, tuned_sha)
+    finally:
+        link.unlink()
+        forget()

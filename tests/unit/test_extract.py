@@ -381,7 +381,8 @@ def test_flux_leaves_the_layers_outside_the_blocks_out_by_default_and_says_what_
                                         - sd["model.diffusion_model." + k].float())) for k in changed}
     assert left["lora_unet_img_in"] == pytest.approx(truth["img_in.weight"], rel=1e-4)
     assert left["lora_unet_final_layer_linear"] == 0 and len(left) == 10
-    share = truth["img_in.weight"] ** 2 / (truth["img_in.weight"] ** 2 + truth["double_blocks.0.img_attn.qkv.weight"] ** 2)
+    qkv = truth["double_blocks.0.img_attn.qkv.weight"]
+    share = truth["img_in.weight"] ** 2 / (truth["img_in.weight"] ** 2 + qkv**2)
     assert r.left_out_share() == pytest.approx(share, rel=1e-4)
     assert (f"10 layers outside the numbered blocks left out (outside_blocks auto: flux files carry the blocks "
             f"only); 1 of them changed, holding {share * 100:.3g} % of the difference's energy (the largest: "
