@@ -173,20 +173,28 @@ def drop_cache(path: str) -> None:
 
 
 def io_floor(paths: list[str]) -> tuple[float, int]:
-    """Seconds to read the files once, one after the other, sequentially, from a cold cache."""
+    """Seconds to read the files once, one after the other, sequentially, from a cold cache:
+    the faster of a plain read and one that drops each 16 MiB from the page cache once read
+    (cheaper in the kernel when the files outgrow the memory, as extraction reads them)."""
+    best, total = math.inf, 0
+    for stream in (False, True):
+        for p in paths:
+            drop_cache(p)
+        buf = bytearray(16 * 2**20)
+        total = 0
+        t0 = time.perf_counter()
+        for p in paths:
+            with open(p, "rb", buffering=0) as f:
+                offset = 0
+                while n := f.readinto(buf):
+                    if stream:
+                        os.posix_fadvise(f.fileno(), offset, n, os.POSIX_FADV_DONTNEED)
+                    offset += n
+                total += offset
+        best = min(best, time.perf_counter() - t0)
     for p in paths:
         drop_cache(p)
-    buf = bytearray(16 * 2**20)
-    total = 0
-    t0 = time.perf_counter()
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                total += n
-    seconds = time.perf_counter() - t0
-    for p in paths:
-        drop_cache(p)
-    return seconds, total
+    return best, total
 
 
 def compute_floor(shapes: list[tuple[int, int]], rank: int, oversample: int = 8, niter: int = 2) -> float:

@@ -406,3 +406,31 @@ def test_other_families_keep_their_layers_outside_the_blocks_unless_asked():
     plan = make_plan(header(unet), header(unet), outside_blocks="omit")
     assert sorted(layer.block for layer in plan.layers) == ["IN00", "IN01"]
     assert sorted(layer.block for layer in plan.left_out) == ["IN", "OUT"]
+
+
+def test_inputs_streamed_past_the_page_cache_give_the_same_file(base_sd, tmp_path, monkeypatch):
+    """Inputs larger than half the memory are read with each range dropped from the page cache
+    after use (``POSIX_FADV_DONTNEED``): the LoRA and the inputs' SHA-256 are the same."""
+    import lora_ops.extract as extract_module
+
+    make_tuned(base_sd, tmp_path / "t.safetensors")
+    tuned = str(tmp_path / "t.safetensors")
+    assert extract_module.streams([str(BASE), tuned], fraction=0.0)
+    assert not extract_module.streams([str(BASE), tuned])  # small files stay cached
+    plain = extract_files(str(BASE), tuned, str(tmp_path / "a.safetensors"), Options(value=4, max_rank=4))
+    seen = []
+    real_fadvise = extract_module.os.posix_fadvise
+
+    def fadvise(fd, offset, length, advice):
+        seen.append(advice)
+        return real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(extract_module, "streams", lambda paths, fraction=0.5: True)
+    monkeypatch.setattr(extract_module.os, "posix_fadvise", fadvise)
+    streamed = extract_files(str(BASE), tuned, str(tmp_path / "b.safetensors"), Options(value=4, max_rank=4))
+    assert seen.count(extract_module.os.POSIX_FADV_DONTNEED) > 100
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("workbench.base_sha256", "workbench.tuned_sha256"):
+        assert plain.metadata[key] == streamed.metadata[key]
+    assert plain.metadata["workbench.base_sha256"] == hashlib.sha256(BASE.read_bytes()).hexdigest()

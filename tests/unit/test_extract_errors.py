@@ -151,3 +151,34 @@ def test_a_bf16_base_with_an_fp8_fine_tune(tmp_path, fp8):
     (s,) = result.layers
     true = (w + d).to(fp8).float() - w.to(torch.bfloat16).float()
     assert s.norm == pytest.approx(float(true.double().norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_two_fp8_files_difference_is_exact_and_a_nan_is_named(tmp_path, fp8):
+    # Both files fp8 (a Qwen-Image fp8 release and a fine-tune): the difference comes from one
+    # lookup per value in a 256 x 256 table of byte pairs; it must equal torch's own widening
+    # of each file, across the row chunks the lookup works in (5000 rows of 1024 > 4 Mi values).
+    from lora_ops.extract import ExtractError, _CHUNK_VALUES
+
+    key = "transformer_blocks.0.img_mlp.net.2.weight"
+    g = torch.Generator().manual_seed(9)
+    rows = _CHUNK_VALUES // 1024 + 904
+    w = torch.randn(rows, 1024, generator=g) / 32
+    d = torch.randn(rows, 8, generator=g) @ torch.randn(8, 1024, generator=g) / 400
+    save_file({key: w.to(fp8)}, str(tmp_path / "base.safetensors"))
+    save_file({key: (w + d).to(fp8)}, str(tmp_path / "tuned.safetensors"))
+    result = extract_files(str(tmp_path / "base.safetensors"), str(tmp_path / "tuned.safetensors"),
+                           str(tmp_path / "lora.safetensors"), Options(value=8, max_rank=8))
+    check_reported_against_measured(tmp_path / "lora.safetensors", tmp_path / "base.safetensors",
+                                    tmp_path / "tuned.safetensors", result)
+    (s,) = result.layers
+    true = (w + d).to(fp8).float() - w.to(fp8).float()
+    assert s.norm == pytest.approx(float(true.double().norm()), rel=1e-6)
+
+    bad = (w + d).to(fp8)
+    bad.view(torch.uint8)[rows - 1, 7] = 0x7F  # a NaN code in both fp8 formats, in the last chunk
+    save_file({key: bad}, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(ExtractError, match=f"{key}: the difference has non-finite values .*nan.safetensors"):
+        extract_files(str(tmp_path / "base.safetensors"), str(tmp_path / "nan.safetensors"),
+                      str(tmp_path / "x.safetensors"), Options(value=8, max_rank=8))
+    assert not (tmp_path / "x.safetensors").exists()
