@@ -158,7 +158,7 @@ def test_two_fp8_files_difference_is_exact_and_a_nan_is_named(tmp_path, fp8):
     # Both files fp8 (a Qwen-Image fp8 release and a fine-tune): the difference comes from one
     # lookup per value in a 256 x 256 table of byte pairs; it must equal torch's own widening
     # of each file, across the row chunks the lookup works in (5000 rows of 1024 > 4 Mi values).
-    from lora_ops.extract import ExtractError, _CHUNK_VALUES
+    from lora_ops.extract import _CHUNK_VALUES, ExtractError
 
     key = "transformer_blocks.0.img_mlp.net.2.weight"
     g = torch.Generator().manual_seed(9)
