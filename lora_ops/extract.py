@@ -156,7 +156,7 @@ class Result:
 
     def left_out_share(self) -> float:
         """The left-out layers' share of the whole difference's energy (0..1)."""
-        out = sum(norm**2 for _, norm in self.left_out)
+        out = sum(norm**2 for _, norm in self.left_out if math.isfinite(norm))
         total = out + sum(s.norm**2 for s in self.layers)
         return out / total if total else 0.0
 
@@ -226,14 +226,18 @@ class Result:
             if missed:
                 lines.append(f"target_error {opts.value:g} not reached in {len(missed)} layers: their rank stopped "
                              f"at the cap of {opts.max_rank}; raise rank (the cap) to reach it")
-        changed_out = [(name, norm) for name, norm in self.left_out if norm > 0]
+        finite = [(name, norm) for name, norm in self.left_out if math.isfinite(norm)]
+        changed_out = [(name, norm) for name, norm in finite if norm > 0]
         if self.left_out:
             share = self.left_out_share()
-            largest = max(self.left_out, key=lambda item: item[1])
-            lines.append(f"{len(self.left_out)} layers outside the numbered blocks left out (outside_blocks "
-                         f"{self.options.outside_blocks if self.options else 'auto'}: {self.plan.family} files carry "
-                         f"the blocks only); {len(changed_out)} of them changed, holding {share * 100:.3g} % of the "
-                         "difference's energy" + (f" (the largest: {largest[0]})" if changed_out else ""))
+            largest = max(finite, key=lambda item: item[1]) if finite else None
+            choice = self.options.outside_blocks if self.options else "auto"
+            why = (f"{self.plan.family} LoRAs carry the blocks only" if choice == "auto" else "as asked")
+            bad = len(self.left_out) - len(finite)
+            lines.append(f"{len(self.left_out)} layers outside the numbered blocks not extracted (outside_blocks "
+                         f"{choice}: {why}); {len(changed_out)} of them changed, holding {share * 100:.3g} % of the "
+                         "difference's energy" + (f" (the largest: {largest[0]})" if changed_out else "")
+                         + (f"; {bad} have non-finite values in a file" if bad else ""))
         lines.append("worst layers: " + "; ".join(
             f"{s.name} {s.error:.4f} ({'full rank' if s.rank == -1 else f'rank {s.rank}'})"
             for s in sorted(extracted, key=lambda s: -s.error)[:worst]))
@@ -280,6 +284,33 @@ _TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.floa
                  "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` at ``offset`` without moving a shared file position where the
+    platform can (``os.preadv``: Linux, BSDs; not Windows or every macOS Python)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # one reader thread per file: the position is ours
+    return os.readv(fd, [view]) if hasattr(os, "readv") else _read_via_copy(fd, view)
+
+
+def _read_via_copy(fd: int, view: memoryview) -> int:
+    data = os.read(fd, len(view))
+    view[:len(data)] = data
+    return len(data)
+
+
+def _advise(fd: int, offset: int, nbytes: int, advice: str) -> None:
+    """A page-cache hint (``posix_fadvise``); a no-op where the platform has none (macOS,
+    Windows) or refuses it: it only ever changes speed, never what is read."""
+    flag = getattr(os, f"POSIX_FADV_{advice}", None)
+    if flag is None or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        os.posix_fadvise(fd, offset, nbytes, flag)
+    except OSError:
+        pass
+
+
 class FileSource(TensorSource):
     """A .safetensors checkpoint, validated (complete file, no pickle) before anything else.
 
@@ -322,7 +353,7 @@ class FileSource(TensorSource):
         return self._h.data_start + self._h.tensors[key].begin
 
     def __enter__(self):
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._sha, self._hashed, self._buf = hashlib.sha256(), 0, bytearray()
         return self
 
@@ -335,13 +366,13 @@ class FileSource(TensorSource):
         view = memoryview(buf)[:nbytes]
         start = offset
         while view:
-            got = os.preadv(self._fd, [view], offset)
+            got = _pread_into(self._fd, view, offset)
             if got <= 0:
                 raise ExtractError(f"{self.path}: the file ended while reading {what}; was it changed during "
                                    "extraction? Run again")
             view, offset = view[got:], offset + got
         if self.stream:  # the bytes are in buf now: the page cache need not keep them
-            os.posix_fadvise(self._fd, start, nbytes, os.POSIX_FADV_DONTNEED)
+            _advise(self._fd, start, nbytes, "DONTNEED")
         return buf
 
     def _hash_to(self, offset: int) -> None:
@@ -363,7 +394,7 @@ class FileSource(TensorSource):
         # The kernel reads the range into the page cache in the background, so the disk
         # works while this thread hashes and widens the tensor before it.
         info = self._h.tensors[key]
-        os.posix_fadvise(self._fd, self._h.data_start + info.begin, info.nbytes, os.POSIX_FADV_WILLNEED)
+        _advise(self._fd, self._h.data_start + info.begin, info.nbytes, "WILLNEED")
 
     def get_tensor(self, key):
         info = self._h.tensors[key]
@@ -528,9 +559,11 @@ def _widen_into(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 
 def _difference_into(out: torch.Tensor, fb: TensorSource, ft: TensorSource, layer: Layer, base: str,
-                     tuned: str, scratch: torch.Tensor) -> float | None:
+                     tuned: str, scratch: torch.Tensor, strict: bool = True) -> float | None:
     """Write tuned - base of one layer into ``out`` (float32, rows x columns, contiguous);
     return its squared Frobenius norm (float64 sum), or None when the layer is unchanged.
+    A non-finite difference raises :class:`ExtractError`, or gives NaN when not ``strict``
+    (a layer read only to report its size).
 
     Both tensors are widened row block by row block, the base through ``scratch`` (float32,
     at least one row): a subtraction that mixes dtypes (``out.sub_(bf16)``) runs about 3x
@@ -561,6 +594,8 @@ def _difference_into(out: torch.Tensor, fb: TensorSource, ft: TensorSource, laye
     if not math.isfinite(energy):
         if torch.isfinite(out).all():  # finite values whose squares overflow: still a valid difference
             energy = float(torch.linalg.vector_norm(out.double()) ** 2)
+        elif not strict:
+            return math.nan
         else:
             bad = base if not torch.isfinite(a.float()).all() else tuned
             raise ExtractError(f"{layer.tuned_key}: the difference has non-finite values (inf or NaN in {bad}). "
@@ -626,8 +661,10 @@ class _Reader(threading.Thread):
                     if i + j + 1 < total:
                         self.fb.prefetch(order[i + j + 1].base_key)
                         self.ft.prefetch(order[i + j + 1].tuned_key)
-                    e = _difference_into(a[len(kept)], self.fb, self.ft, layer, self.base, self.tuned, scratch)
-                    if layer in self.measure_only:  # its slot is reused by the next layer
+                    measure = layer in self.measure_only
+                    e = _difference_into(a[len(kept)], self.fb, self.ft, layer, self.base, self.tuned, scratch,
+                                         strict=not measure)
+                    if measure:  # its slot is reused by the next layer
                         measured.append((layer, e or 0.0))
                     elif e is not None:
                         kept.append(layer)
@@ -687,14 +724,21 @@ def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, 
                 reader.stop.set()
                 reader.join()
             hashes = {src.path: src.digest() for src in (fb, ft) if src.path}
+        if not any(s.rank != 0 for s in stats) and any(norm != 0 for _, norm in left_out):
+            changed = [name for name, norm in left_out if norm != 0]
+            raise ExtractError(f"{tuned} and {base}: only layers outside the numbered blocks differ ("
+                               f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}), and outside_blocks "
+                               f"{opts.outside_blocks} leaves them out for {plan.family}. Set outside_blocks to "
+                               "include to extract them")
         if not any(s.rank != 0 for s in stats):
             raise ExtractError(f"{tuned} and {base}: no layer a LoRA can hold differs between them (only biases, "
                                "norm scales, the VAE, unpaired weights or excluded text-encoder weights may differ); "
                                "there is no LoRA to extract")
         metadata = _metadata(plan, opts, stats, hashes, base_src, tuned_src, title or Path(out_path).stem)
         if left_out:
-            metadata["workbench.left_out"] = json.dumps({name: _sig(norm) for name, norm in left_out},
-                                                        separators=(",", ":"))
+            # null: a layer whose difference is not finite (it is not in the LoRA either way).
+            metadata["workbench.left_out"] = json.dumps(
+                {name: _sig(norm) if math.isfinite(norm) else None for name, norm in left_out}, separators=(",", ":"))
         writer.finish(metadata)
     finally:
         writer.discard()

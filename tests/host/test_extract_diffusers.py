@@ -214,7 +214,7 @@ def test_flux_loads_in_diffusers_with_every_module_applied_and_right(comfy_host,
     assert sorted(name for name, _ in result.left_out) == sorted(
         "lora_unet_" + k[len("diffusion_model."):-len(".weight")].replace(".", "_") for k in set(deltas) - in_blocks)
     assert all(norm > 0 for _, norm in result.left_out)
-    assert "10 layers outside the numbered blocks left out" in result.report()
+    assert "10 layers outside the numbered blocks not extracted" in result.report()
     with safe_open(str(out), "pt") as f:
         modules = {k.split(".")[0] for k in f.keys()}
     assert len(modules) == len(in_blocks) and "lora_unet_single_blocks_0_linear1" in modules

@@ -384,14 +384,37 @@ def test_flux_leaves_the_layers_outside_the_blocks_out_by_default_and_says_what_
     qkv = truth["double_blocks.0.img_attn.qkv.weight"]
     share = truth["img_in.weight"] ** 2 / (truth["img_in.weight"] ** 2 + qkv**2)
     assert r.left_out_share() == pytest.approx(share, rel=1e-4)
-    assert (f"10 layers outside the numbered blocks left out (outside_blocks auto: flux files carry the blocks "
-            f"only); 1 of them changed, holding {share * 100:.3g} % of the difference's energy (the largest: "
+    assert (f"10 layers outside the numbered blocks not extracted (outside_blocks auto: flux LoRAs carry the "
+            f"blocks only); 1 of them changed, holding {share * 100:.3g} % of the difference's energy (the largest: "
             "lora_unet_img_in)") in r.report()
 
     r = extract_files(str(FLUX), str(tmp_path / "t.safetensors"), str(tmp_path / "all.safetensors"),
                       Options(value=2, max_rank=2, outside_blocks="include"))
     assert not r.left_out and {s.name for s in r.layers if s.rank} == {
         "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_img_in"}
+    # Only left-out layers changed: the error says so and how to extract them.
+    only = dict(sd)
+    only["model.diffusion_model.img_in.weight"] = tuned["model.diffusion_model.img_in.weight"]
+    save_file(only, str(tmp_path / "only.safetensors"))
+    with pytest.raises(ExtractError, match=r"only layers outside the numbered blocks differ \(lora_unet_img_in\), "
+                                           "and outside_blocks auto leaves them out for flux. Set outside_blocks "
+                                           "to include"):
+        extract_files(str(FLUX), str(tmp_path / "only.safetensors"), str(tmp_path / "o.safetensors"))
+    assert not (tmp_path / "o.safetensors").exists()
+    # A non-finite value in a left-out layer does not stop the extraction: it is not in the LoRA.
+    bad = dict(tuned)
+    w = bad["model.diffusion_model.final_layer.linear.weight"].clone()
+    w[0, 0] = float("inf")
+    bad["model.diffusion_model.final_layer.linear.weight"] = w
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    r = extract_files(str(FLUX), str(tmp_path / "bad.safetensors"), str(tmp_path / "bad_lora.safetensors"),
+                      Options(value=2, max_rank=2))
+    assert "; 1 have non-finite values in a file" in r.report()
+    with safe_open(str(tmp_path / "bad_lora.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["workbench.left_out"])["lora_unet_final_layer_linear"] is None
+    r = extract_files(str(FLUX), str(tmp_path / "t.safetensors"), str(tmp_path / "omit.safetensors"),
+                      Options(value=2, max_rank=2, outside_blocks="omit"))
+    assert "not extracted (outside_blocks omit: as asked)" in r.report()
     with pytest.raises(ExtractError, match="outside_blocks 'some': use auto, include, omit"):
         extract_files(str(FLUX), str(tmp_path / "t.safetensors"), str(tmp_path / "n.safetensors"),
                       Options(outside_blocks="some"))
@@ -434,3 +457,20 @@ def test_inputs_streamed_past_the_page_cache_give_the_same_file(base_sd, tmp_pat
     for key in ("workbench.base_sha256", "workbench.tuned_sha256"):
         assert plain.metadata[key] == streamed.metadata[key]
     assert plain.metadata["workbench.base_sha256"] == hashlib.sha256(BASE.read_bytes()).hexdigest()
+
+
+def test_extraction_reads_files_where_the_platform_has_no_preadv_or_fadvise(base_sd, tmp_path, monkeypatch):
+    """macOS Pythons may lack ``os.posix_fadvise`` (and Windows ``os.preadv``): the page-cache
+    hints are skipped and reads fall back to seek + read; the LoRA is the same."""
+    import lora_ops.extract as extract_module
+
+    make_tuned(base_sd, tmp_path / "t.safetensors")
+    tuned = str(tmp_path / "t.safetensors")
+    extract_files(str(BASE), tuned, str(tmp_path / "a.safetensors"), Options(value=4, max_rank=4))
+    monkeypatch.setattr(extract_module, "streams", lambda paths, fraction=0.5: True)
+    for name in ("posix_fadvise", "preadv"):
+        monkeypatch.delattr(extract_module.os, name)
+    r = extract_files(str(BASE), tuned, str(tmp_path / "b.safetensors"), Options(value=4, max_rank=4))
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert r.metadata["workbench.base_sha256"] == hashlib.sha256(BASE.read_bytes()).hexdigest()
