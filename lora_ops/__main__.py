@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 
+from .extract_plan import OUTSIDE_BLOCKS
 from .safetensors_io import SafetensorsError, read_header
 
 
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16", help="dtype of the factors")
     e.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     e.add_argument("--no-text-encoders", action="store_true", help="leave the text encoders out")
-    e.add_argument("--outside-blocks", choices=["auto", "include", "omit"], default="auto",
+    e.add_argument("--outside-blocks", choices=OUTSIDE_BLOCKS, default="auto",
                    help="layers outside the numbered blocks (embedders, output layers): auto omits them for Flux "
                         "(kohya's layout, which diffusers loads whole) and includes them for other families")
     e.add_argument("--plan-only", action="store_true", help="print the plan and stop")

@@ -44,7 +44,7 @@ import torch
 from safetensors import safe_open
 
 from . import __version__
-from .extract_plan import OUTSIDE_BLOCKS, Layer, Plan, PlanError, make_plan
+from .extract_plan import Layer, Plan, PlanError, make_plan, resolve_outside_blocks
 from .safetensors_io import SafetensorsError, read_header
 from .svd import Factors, choose_rank, exact_svd, randomized_svd, residual_squared_norm, squared_norms
 
@@ -107,8 +107,10 @@ class Options:
             raise ExtractError(f"seed must be between 0 and 2**63 - 1, not {self.seed}")
         if self.algorithm not in ("randomized", "exact"):
             raise ExtractError(f"algorithm {self.algorithm!r}: use 'randomized' or 'exact'")
-        if self.outside_blocks not in OUTSIDE_BLOCKS:
-            raise ExtractError(f"outside_blocks {self.outside_blocks!r}: use {', '.join(OUTSIDE_BLOCKS)}")
+        try:
+            resolve_outside_blocks(self.outside_blocks, "")
+        except PlanError as e:
+            raise ExtractError(str(e)) from None
         if self.dtype not in DTYPES:
             raise ExtractError(f"dtype {self.dtype!r}: use 'fp16' or 'bf16'")
         if self.max_rank < 1 or self.oversample < 0 or self.niter < 0 or self.batch < 1:
@@ -325,10 +327,10 @@ class FileSource(TensorSource):
 
     ``stream``: drop each range from the page cache once it is read and hashed
     (``POSIX_FADV_DONTNEED``). For inputs larger than the memory can cache (a Flux pair is
-    48 GB) caching gains nothing, and filling the page cache cost the reading thread 1-12 CPU
-    seconds per 8.5 GB in kernel reclaim, against 0.7 s streamed; it also leaves other
-    programs' cached files (ComfyUI's models) in place. ``None`` decides by size (see
-    :func:`streams`).
+    48 GB) caching gains nothing, and reading 8.5 GB into a filling page cache cost the
+    reading thread 3-12 CPU seconds of kernel time, against 0.7 s streamed; it also leaves
+    other programs' cached files (ComfyUI's models) in place. ``None`` decides by this file's
+    size alone (see :func:`streams`).
     """
 
     def __init__(self, path: str, sha256: str | None = None, stream: bool | None = None):
@@ -497,12 +499,9 @@ def extract_files(base: str, tuned: str, out_path: str, opts: Options | None = N
     See :func:`extract`; the files are validated (complete safetensors, no pickle) first.
     ``known_sha256``: path -> SHA-256 of inputs whose hash is known (not computed again).
     """
-    known = known_sha256 or {}
-    sources = FileSource(base, known.get(base)), FileSource(tuned, known.get(tuned))
-    stream = streams([base, tuned])
-    for src in sources:
-        src.stream = stream
-    return extract(*sources, out_path, opts, progress, title)
+    known, stream = known_sha256 or {}, streams([base, tuned])  # the pair's size decides
+    return extract(FileSource(base, known.get(base), stream), FileSource(tuned, known.get(tuned), stream),
+                   out_path, opts, progress, title)
 
 
 def extract(base_src: TensorSource, tuned_src: TensorSource, out_path: str, opts: Options | None = None,
@@ -719,7 +718,7 @@ def _extract_layers(base_src, tuned_src, out_path, opts, progress, title, plan, 
                     del buffer
                     done += len(chunk)
                     if progress is not None:
-                        progress(min(done, total), total, chunk[-1].name)
+                        progress(done, total, chunk[-1].name)
             finally:
                 reader.stop.set()
                 reader.join()

@@ -85,6 +85,7 @@ class Plan:
     dtypes: dict[str, set] = field(default_factory=dict)
     left_out: list[Layer] = field(default_factory=list)
     outside_blocks: str = "include"
+    left_out_reason: str = ""
 
     def flops(self, rank: int, oversample: int, niter: int) -> float:
         """Estimated floating-point work of randomized extraction at ``rank``."""
@@ -119,8 +120,7 @@ class Plan:
         if self.left_out:
             names = ", ".join(layer.name for layer in self.left_out[:5]) + (" ..." if len(self.left_out) > 5 else "")
             lines.append(f"{len(self.left_out)} layers outside the numbered blocks are left out ({names}): "
-                         + OUTSIDE_BLOCKS_WHY.get(self.family, "outside_blocks is omit")
-                         + ". Set outside_blocks to include to extract them too")
+                         f"{self.left_out_reason}. Set outside_blocks to include to extract them too")
         if self.mismatched:
             shown = ", ".join(f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched[:5])
             lines.append(f"{len(self.mismatched)} weights with different shapes (skipped, not factorised): {shown}")
@@ -280,7 +280,7 @@ def resolve_outside_blocks(choice: str, family: str) -> str:
     :data:`OUTSIDE_BLOCKS_WHY`) and includes them elsewhere. Raises :class:`PlanError` for a
     choice not in :data:`OUTSIDE_BLOCKS`."""
     if choice not in OUTSIDE_BLOCKS:
-        raise PlanError(f"outside_blocks {choice!r}: use one of {', '.join(OUTSIDE_BLOCKS)}")
+        raise PlanError(f"outside_blocks {choice!r}: use {', '.join(OUTSIDE_BLOCKS)}")
     if choice == "auto":
         return "omit" if family in OUTSIDE_BLOCKS_WHY else "include"
     return choice
@@ -322,7 +322,9 @@ def make_plan(base_header: dict[str, tuple[str, tuple]], tuned_header: dict[str,
     res_blocks = res_blocks_of(base_parts.get("unet", {}))
     plan = Plan(fam_b, [], dtypes={"base": {d for d, _ in base_header.values()},
                                    "tuned": {d for d, _ in tuned_header.values()}},
-                outside_blocks=resolve_outside_blocks(outside_blocks, fam_b))
+                outside_blocks=resolve_outside_blocks(outside_blocks, fam_b),
+                left_out_reason=OUTSIDE_BLOCKS_WHY.get(fam_b, "") if outside_blocks == "auto"
+                else "outside_blocks is omit")
     for sk in sorted(set(base_keys) | set(tuned_keys)):
         comp, key = sk
         if comp != "unet" and not text_encoders:

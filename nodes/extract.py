@@ -14,6 +14,7 @@ import folder_paths
 import torch
 
 from ..lora_ops.extract import ExtractError, Options, TensorSource, extract, extract_files
+from ..lora_ops.extract_plan import OUTSIDE_BLOCKS
 from ..lora_ops.svd import RANK_POLICIES
 from .compat import inp, io, out, schema
 from .sources import file_fingerprint, resolve_first
@@ -89,7 +90,7 @@ def options_inputs() -> list:
             tooltip="Include the text encoders' layers that changed."),
         inp(io.Combo, "dtype", options=["fp16", "bf16"], default="fp16", optional=True,
             tooltip="Data type of the saved LoRA factors."),
-        inp(io.Combo, "outside_blocks", options=["auto", "include", "omit"], default="auto", optional=True,
+        inp(io.Combo, "outside_blocks", options=list(OUTSIDE_BLOCKS), default="auto", optional=True,
             tooltip="Layers outside the numbered blocks (embedders, output layers). auto: left out for Flux, "
                     "whose LoRAs carry the blocks only (kohya's layout; diffusers drops the rest), included for "
                     "other families. The report says what they held."),
